@@ -1,0 +1,85 @@
+"""`studbook-server`: the command line of the Studbook services.
+
+Each subcommand is a thin entry point; the wiring lives in the module it calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_projector(args: argparse.Namespace) -> int:
+    from studbook_server.projector import run_projector
+
+    return asyncio.run(run_projector())
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from studbook_server.adapters.postgres import migrate_main
+
+    return asyncio.run(migrate_main())
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from studbook_server.adapters.postgres import verify_main
+
+    return asyncio.run(verify_main())
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from studbook_server.rebuild import rebuild_main
+
+    return asyncio.run(rebuild_main())
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from studbook_server.http import serve
+
+    return serve("api", host=args.host, port=args.port)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from studbook_server.http import serve
+
+    return serve("ingest", host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="studbook-server",
+        description="Studbook services. Configuration comes from STUDBOOK_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    for name, handler, help_text, port in (
+        ("api", _cmd_api, "serve the GraphQL API over HTTP", 8080),
+        ("ingest", _cmd_ingest, "serve the ingest gateway (POST /v1/events) over HTTP", 8081),
+    ):
+        p = add(name, handler, help_text)
+        p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+        p.add_argument("--port", type=int, default=port, help="port to bind (default: %(default)s)")
+    add("projector", _cmd_projector, "consume events from Kafka into the PostgreSQL read models")
+    add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
+    add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")
+    add("rebuild", _cmd_rebuild, "replay the event store into fresh read models and swap them in")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
