@@ -58,7 +58,7 @@ class Settings:
             Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "studbook"
         )
         return cls(
-            stack_dir=Path(env.get("STUDBOOK_STACK_DIR", "/tmp/studbook-stack")),
+            stack_dir=Path(env.get("STUDBOOK_STACK_DIR", "/tmp/studbook-stack")),  # noqa: S108
             cache_dir=Path(cache),
             kafka_version=env.get("STUDBOOK_KAFKA_VERSION", "4.1.1"),
             kafka_port=int(env.get("STUDBOOK_STACK_KAFKA_PORT", "19092")),
@@ -135,7 +135,9 @@ def kafka_jars(s: Settings) -> Path:
     target = s.cache_dir / f"kafka-{s.kafka_version}" / "libs"
     if (target / ".complete").exists():
         return target
-    mvn = require("mvn", "install Apache Maven (Debian: apt-get install maven) to fetch Kafka's jars")
+    mvn = require(
+        "mvn", "install Apache Maven (Debian: apt-get install maven) to fetch Kafka's jars"
+    )
     require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
     tmp = target.with_name(f"libs.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -239,7 +241,9 @@ def kafka_up(s: Settings) -> None:
     if read_pid(pidfile):
         log(f"kafka already running at {s.kafka_bootstrap} (log: {logfile})")
         return
-    java = require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
+    java = require(
+        "java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
+    )
     for port in (s.kafka_port, s.controller_port):
         if port_in_use(port):
             raise StackError(
@@ -278,7 +282,9 @@ def kafka_up(s: Settings) -> None:
                 f"{s.kafka_dir / 'stdout.log'}"
             )
         if kafka_answers(s.kafka_bootstrap):
-            log(f"kafka {s.kafka_version} ready at {s.kafka_bootstrap} (pid {proc.pid}, log: {logfile})")
+            log(
+                f"kafka {s.kafka_version} ready at {s.kafka_bootstrap} (pid {proc.pid}, log: {logfile})"
+            )
             return
         time.sleep(0.5)
     raise StackError(f"Kafka did not answer a metadata request within 90 s; see {logfile}")
@@ -323,7 +329,7 @@ def pg_install() -> Path:
     version = subprocess.run(
         [str(pg_config), "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[-1]
-    target = Path(f"/tmp/studbook-pg-{version}")
+    target = Path(f"/tmp/studbook-pg-{version}")  # noqa: S108 - must be world-traversable
     if not (target / ".complete").exists():
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -357,7 +363,9 @@ def pg_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def run_as(cmd: list[str], who: tuple[int, int] | None, **kw: object) -> subprocess.CompletedProcess[str]:
+def run_as(
+    cmd: list[str], who: tuple[int, int] | None, **kw: object
+) -> subprocess.CompletedProcess[str]:
     extra: dict[str, object] = {}
     if who is not None:
         extra = {"user": who[0], "group": who[1], "extra_groups": []}
@@ -410,7 +418,9 @@ def pg_down(s: Settings) -> None:
     if not read_pid(data / "postmaster.pid"):
         return
     install = pg_install()
-    proc = run_as([str(install / "bin" / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], pg_user())
+    proc = run_as(
+        [str(install / "bin" / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], pg_user()
+    )
     if proc.returncode != 0:
         raise StackError(f"pg_ctl stop failed:\n{proc.stdout}{proc.stderr}")
     log("postgres stopped")
@@ -427,8 +437,11 @@ def env_lines(s: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start Kafka and PostgreSQL (idempotent)")
     down = sub.add_parser("down", help="stop Kafka and PostgreSQL")
@@ -452,8 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             k = read_pid(s.kafka_dir / "kafka.pid")
             p = read_pid(s.pg_dir / "data" / "postmaster.pid")
-            print(f"kafka:    {'running pid %d at %s' % (k, s.kafka_bootstrap) if k else 'stopped'}")
-            print(f"postgres: {'running pid %d at 127.0.0.1:%d' % (p, s.pg_port) if p else 'stopped'}")
+            print(
+                f"kafka:    {'running pid %d at %s' % (k, s.kafka_bootstrap) if k else 'stopped'}"
+            )
+            print(
+                f"postgres: {'running pid %d at 127.0.0.1:%d' % (p, s.pg_port) if p else 'stopped'}"
+            )
             return 0 if k and p else 3
         else:
             print(env_lines(s), end="")

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 HOW_TO_START = (
     "run the suite with `scripts/test` (it starts the services), or start them with "
-    "`eval \"$(scripts/stack up)\"` before running pytest"
+    '`eval "$(scripts/stack up)"` before running pytest'
 )
 
 
@@ -103,7 +103,9 @@ async def pg_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def topic_factory(services: Services) -> AsyncIterator[Callable[..., Coroutine[Any, Any, str]]]:
+async def topic_factory(
+    services: Services,
+) -> AsyncIterator[Callable[..., Coroutine[Any, Any, str]]]:
     """Creates fresh topics on the real broker and deletes them at the end of the session."""
     admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
     await admin.start()

@@ -81,4 +81,5 @@ async def test_each_database_from_the_factory_is_fresh(
     finally:
         await con.close()
     assert tables == 0
-    assert name.startswith("studbook_test_") and name in url
+    assert name.startswith("studbook_test_")
+    assert name in url

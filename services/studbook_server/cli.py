@@ -16,25 +16,29 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_projector(args: argparse.Namespace) -> int:
     from studbook_server.projector import run_projector
 
-    return asyncio.run(run_projector())
+    code: int = asyncio.run(run_projector())
+    return code
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from studbook_server.adapters.postgres import migrate_main
 
-    return asyncio.run(migrate_main())
+    code: int = asyncio.run(migrate_main())
+    return code
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from studbook_server.adapters.postgres import verify_main
 
-    return asyncio.run(verify_main())
+    code: int = asyncio.run(verify_main())
+    return code
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from studbook_server.rebuild import rebuild_main
 
-    return asyncio.run(rebuild_main())
+    code: int = asyncio.run(rebuild_main())
+    return code
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("ingest", _cmd_ingest, "serve the ingest gateway (POST /v1/events) over HTTP", 8081),
     ):
         p = add(name, handler, help_text)
-        p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+        p.add_argument(
+            "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"
+        )
         p.add_argument("--port", type=int, default=port, help="port to bind (default: %(default)s)")
     add("projector", _cmd_projector, "consume events from Kafka into the PostgreSQL read models")
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")

@@ -1,0 +1,324 @@
+"""PostgreSQL: the pool, migrations, and the event store (append, read, verify)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+
+from studbook_server.domain import chain
+from studbook_server.domain.contract import Event, schema_dir, upcast
+from studbook_server.domain.projection import StoredEvent
+from studbook_server.errors import ChainBroken, ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+# One advisory lock serialises appends (positions and the hash chain are a single sequence) and
+# projection transactions (so `rebuild` can swap read models between two of them).
+STORE_LOCK = 0x5354_5544  # "STUD"
+READ_MODEL_SCHEMA = "rm"
+NOTIFY_CHANNEL = "studbook_events"
+
+Pool: TypeAlias = asyncpg.Pool
+Connection: TypeAlias = asyncpg.Connection
+
+
+async def _init_connection(con: Connection) -> None:
+    # Binary, so COPY can carry JSON too: jsonb's binary form is a version byte, then the text.
+    await con.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        format="binary",
+    )
+    await con.set_type_codec(
+        "json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary"
+    )
+
+
+def _server_settings(search_path: str = READ_MODEL_SCHEMA) -> dict[str, str]:
+    return {"search_path": f"{search_path}, public", "application_name": "studbook"}
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> Pool:
+    if not url:
+        raise ConfigError(
+            "STUDBOOK_DATABASE_URL is not set: give a postgresql:// URL (see docs/operations.md)"
+        )
+    pool: Pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings=_server_settings(),
+    )
+    return pool
+
+
+async def connect(url: str, search_path: str = READ_MODEL_SCHEMA) -> Connection:
+    con: Connection = await asyncpg.connect(url, server_settings=_server_settings(search_path))
+    await _init_connection(con)
+    return con
+
+
+# ------------------------------------------------------------------------------- migrations
+
+_MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def migration_files() -> list[tuple[int, Path]]:
+    found = []
+    for path in sorted((schema_dir() / "sql").iterdir()):
+        m = _MIGRATION.match(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return found
+
+
+async def migrate(con: Connection) -> list[int]:
+    """Apply pending forward-only migrations, each in its own transaction; return those applied."""
+    await con.execute(
+        """CREATE TABLE IF NOT EXISTS public.schema_migrations (
+               version integer PRIMARY KEY,
+               name text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    applied: list[int] = []
+    for version, path in migration_files():
+        async with con.transaction():
+            # Serialise concurrent starters: the second waits, then sees the version applied.
+            await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK + 1)
+            done = await con.fetchval(
+                "SELECT 1 FROM public.schema_migrations WHERE version = $1", version
+            )
+            if done:
+                continue
+            await con.execute(path.read_text())
+            await con.execute(
+                "INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)",
+                version,
+                path.name,
+            )
+            applied.append(version)
+            log.info("applied migration %s", path.name)
+    return applied
+
+
+# ------------------------------------------------------------------------------ event store
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A validated event to append: the wire document as sent (its own schema version) and the
+    same event upcast for projection."""
+
+    doc: dict[str, Any]
+    event: Event
+
+
+_APPEND_HEAD = """
+SELECT clock_timestamp() AS now,
+       (SELECT position FROM public.events ORDER BY position DESC LIMIT 1) AS position,
+       (SELECT chain_hash FROM public.events ORDER BY position DESC LIMIT 1) AS chain_hash
+"""
+
+_EXISTING_IDS = "SELECT event_id::text FROM public.events WHERE event_id = ANY($1::uuid[])"
+
+_SUBJECT_SEQS = """
+SELECT s.project, s.subject,
+       (SELECT max(e.subject_seq) FROM public.events e
+         WHERE e.project = s.project AND e.subject = s.subject) AS seq
+FROM unnest($1::text[], $2::text[]) AS s(project, subject)
+"""
+
+EVENT_COLUMNS = [
+    "position", "event_id", "type", "schema_version", "project", "subject", "subject_seq",
+    "actor", "occurred_at", "recorded_at", "correlation_id", "causation_id", "producer",
+    "payload", "content_hash", "chain_hash",
+]  # fmt: skip
+
+
+async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEvent]:
+    """Append the events not stored yet (by event_id) to the store; return them as stored.
+
+    Must run inside a transaction: it takes the store lock, which is held until commit, so
+    positions and the hash chain are assigned in commit order.
+    """
+    await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+    if not incoming:
+        return []
+    ids = [i.doc["event_id"] for i in incoming]
+    seen = {r[0] for r in await con.fetch(_EXISTING_IDS, ids)}
+    fresh: list[Incoming] = []
+    for item in incoming:
+        eid = item.event.event_id.lower()
+        if eid not in seen:
+            seen.add(eid)
+            fresh.append(item)
+    if not fresh:
+        return []
+    head = await con.fetchrow(_APPEND_HEAD)
+    recorded_at: datetime = head["now"]
+    position: int = head["position"] or 0
+    previous: bytes = head["chain_hash"] or chain.GENESIS
+    subjects = sorted({(i.event.project, i.event.subject) for i in fresh})
+    seqs = {
+        (r["project"], r["subject"]): r["seq"] or 0
+        for r in await con.fetch(_SUBJECT_SEQS, [p for p, _ in subjects], [s for _, s in subjects])
+    }
+    rows = []
+    stored = []
+    for item in fresh:
+        doc, e = item.doc, item.event
+        position += 1
+        seq = seqs[(e.project, e.subject)] + 1
+        seqs[(e.project, e.subject)] = seq
+        fields: dict[str, Any] = {
+            "position": position,
+            "event_id": e.event_id.lower(),
+            "type": e.type,
+            "schema_version": doc["schema_version"],
+            "project": e.project,
+            "subject": e.subject,
+            "subject_seq": seq,
+            "actor": e.actor,
+            "occurred_at": e.occurred_at,
+            "recorded_at": recorded_at,
+            "correlation_id": e.correlation_id,
+            "causation_id": e.causation_id,
+            "producer": e.producer,
+            "payload": doc["payload"],
+        }
+        content = chain.content_hash(**fields)
+        previous = chain.link(previous, content)
+        rows.append((*fields.values(), content, previous))
+        stored.append(StoredEvent(e, position, recorded_at))
+    await con.copy_records_to_table(
+        "events", schema_name="public", records=rows, columns=EVENT_COLUMNS
+    )
+    await con.execute(f"NOTIFY {NOTIFY_CHANNEL}, '{position}'")
+    return stored
+
+
+_READ_EVENTS = """
+SELECT position, event_id::text, type, schema_version, project, subject, actor, occurred_at,
+       recorded_at, correlation_id, causation_id, producer, payload
+FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
+"""
+
+
+def stored_event(row: asyncpg.Record) -> StoredEvent:
+    """A store row as the projection sees it: upcast to the current schema version."""
+    doc = upcast(
+        {"type": row["type"], "schema_version": row["schema_version"], "payload": row["payload"]}
+    )
+    event = Event(
+        event_id=row["event_id"],
+        type=row["type"],
+        schema_version=doc["schema_version"],
+        occurred_at=row["occurred_at"],
+        actor=row["actor"],
+        project=row["project"],
+        subject=row["subject"],
+        payload=doc["payload"],
+        correlation_id=row["correlation_id"],
+        causation_id=row["causation_id"],
+        producer=row["producer"],
+    )
+    return StoredEvent(event, row["position"], row["recorded_at"])
+
+
+async def read_events(con: Connection, after: int, limit: int) -> list[StoredEvent]:
+    return [stored_event(r) for r in await con.fetch(_READ_EVENTS, after, limit)]
+
+
+async def head_position(con: Connection) -> int:
+    value = await con.fetchval("SELECT coalesce(max(position), 0) FROM public.events")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------ verify
+
+_VERIFY = """
+SELECT position, event_id::text, type, schema_version, project, subject, subject_seq, actor,
+       occurred_at, recorded_at, correlation_id, causation_id, producer, payload,
+       content_hash, chain_hash, redacted_by
+FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    checked: int
+    redacted: int
+
+
+async def verify(con: Connection, batch: int = 5000) -> VerifyReport:
+    """Walk the whole chain; raise :class:`ChainBroken` naming the first position that fails."""
+    previous = chain.GENESIS
+    expected_position = 0
+    checked = redacted = 0
+    while True:
+        rows = await con.fetch(_VERIFY, expected_position, batch)
+        if not rows:
+            return VerifyReport(checked, redacted)
+        for r in rows:
+            expected_position += 1
+            if r["position"] != expected_position:
+                raise ChainBroken(expected_position, "row is missing (positions must be gapless)")
+            fields = {k: r[k] for k in EVENT_COLUMNS[:-2]}
+            if r["redacted_by"] is None:
+                if chain.content_hash(**fields) != r["content_hash"]:
+                    raise ChainBroken(r["position"], "content does not match its content_hash")
+            else:
+                redacted += 1
+            if chain.link(previous, r["content_hash"]) != r["chain_hash"]:
+                raise ChainBroken(r["position"], "chain_hash does not follow from the previous row")
+            previous = r["chain_hash"]
+            checked += 1
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+async def migrate_main() -> int:
+    from studbook_server.config import load_settings
+
+    settings = load_settings()
+    con = await connect(settings.database_url)
+    try:
+        applied = await migrate(con)
+    finally:
+        await con.close()
+    print(f"applied migrations: {applied or 'none pending'}")
+    return 0
+
+
+async def verify_main() -> int:
+    from studbook_server.config import load_settings
+
+    settings = load_settings()
+    con = await connect(settings.database_url)
+    try:
+        report = await verify(con)
+    except ChainBroken as exc:
+        print(f"verify: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"could not read the event store: {exc}") from exc
+    finally:
+        await con.close()
+    print(
+        f"verify: ok, {report.checked} events, chain intact ({report.redacted} redacted rows "
+        "checked by chain only)"
+    )
+    return 0

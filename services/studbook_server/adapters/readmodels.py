@@ -1,0 +1,353 @@
+"""PostgreSQL side of the projection: load the state a batch needs, write its row changes.
+
+Every statement here names read-model tables without a schema: connections set
+`search_path = rm, public` (or `rm_new, public` during a rebuild), so the same code fills either.
+One statement per table per batch: COPY for metric points, array-unnest or executemany for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from studbook_server.adapters.postgres import Connection, read_events
+from studbook_server.domain.contract import encode_event
+from studbook_server.domain.projection import (
+    Assignment,
+    Changes,
+    State,
+    StateKeys,
+    StoredEvent,
+    project,
+    state_keys,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def load_state(con: Connection, keys: StateKeys) -> State:
+    state = State()
+    if keys.dataset_versions:
+        p, d, v = zip(*keys.dataset_versions, strict=True)
+        rows = await con.fetch(
+            """SELECT dv.project, dv.dataset, dv.version, dv.digest FROM dataset_versions dv
+               JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(project, dataset, version)
+                 USING (project, dataset, version)""",
+            list(p), list(d), list(v),
+        )  # fmt: skip
+        state.dataset_version_digests = {(r[0], r[1], r[2]): r[3] for r in rows}
+    if keys.datasets:
+        p, d = zip(*keys.datasets, strict=True)
+        rows = await con.fetch(
+            """SELECT k.project, k.dataset,
+                      (SELECT max(number) FROM dataset_versions dv
+                        WHERE dv.project = k.project AND dv.dataset = k.dataset)
+               FROM unnest($1::text[], $2::text[]) AS k(project, dataset)""",
+            list(p), list(d),
+        )  # fmt: skip
+        state.dataset_numbers = {(r[0], r[1]): r[2] or 0 for r in rows}
+    if keys.models:
+        p, m = zip(*keys.models, strict=True)
+        rows = await con.fetch(
+            """SELECT k.project, k.model,
+                      (SELECT max(number) FROM model_versions mv
+                        WHERE mv.project = k.project AND mv.model = k.model)
+               FROM unnest($1::text[], $2::text[]) AS k(project, model)""",
+            list(p), list(m),
+        )  # fmt: skip
+        state.model_numbers = {(r[0], r[1]): r[2] or 0 for r in rows}
+    if keys.assignments:
+        p, kind, m, n = zip(*keys.assignments, strict=True)
+        rows = await con.fetch(
+            """SELECT a.* FROM assignments a
+               JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(project, kind, model, name)
+                 USING (project, kind, model, name)
+               WHERE a.recorded_to IS NULL""",
+            list(p), list(kind), list(m), list(n),
+        )  # fmt: skip
+        for r in rows:
+            a = Assignment(**{f: r[f] for f in Assignment.__slots__})
+            state.assignments.setdefault((a.project, a.kind, a.model, a.name), []).append(a)
+    return state
+
+
+_UPSERT_PROJECT = """
+INSERT INTO projects AS t (project, description, created_by, created_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (project) DO {}
+"""
+_EXPLICIT = """UPDATE SET description = EXCLUDED.description, created_by = EXCLUDED.created_by,
+                   created_at = EXCLUDED.created_at, recorded_at = EXCLUDED.recorded_at"""
+
+_UPSERT_DATASET = """
+INSERT INTO datasets AS t (project, name, description, uri, created_by, created_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (project, name) DO {}
+"""
+_EXPLICIT_DATASET = """UPDATE SET description = EXCLUDED.description, uri = EXCLUDED.uri,
+    created_by = EXCLUDED.created_by, created_at = EXCLUDED.created_at,
+    recorded_at = EXCLUDED.recorded_at"""
+
+_UPSERT_MODEL = """
+INSERT INTO models AS t (project, name, description, created_by, created_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (project, name) DO {}
+"""
+
+_RUN_STARTED = """
+INSERT INTO runs AS t (project, run_id, name, experiment, parent_run, status, actor, started_at,
+                       recorded_at, code, git_commit, environment)
+VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11)
+ON CONFLICT (project, run_id) DO UPDATE SET
+    name = EXCLUDED.name, experiment = EXCLUDED.experiment, parent_run = EXCLUDED.parent_run,
+    actor = EXCLUDED.actor, started_at = EXCLUDED.started_at, code = EXCLUDED.code,
+    git_commit = EXCLUDED.git_commit, environment = EXCLUDED.environment
+"""
+
+_RUN_FINISHED = """
+INSERT INTO runs AS t (project, run_id, status, actor, finished_at, recorded_at, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (project, run_id) DO UPDATE SET
+    status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
+"""
+
+_PARAMS = """
+INSERT INTO run_params (project, run_id, key, value)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+ON CONFLICT (project, run_id, key) DO UPDATE SET value = EXCLUDED.value
+"""
+
+_TAGS_SET = """
+INSERT INTO run_tags (project, run_id, key, value)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+ON CONFLICT (project, run_id, key) DO UPDATE SET value = EXCLUDED.value
+"""
+
+_TAGS_REMOVED = """
+DELETE FROM run_tags t USING unnest($1::text[], $2::text[], $3::text[]) AS k(project, run_id, key)
+WHERE t.project = k.project AND t.run_id = k.run_id AND t.key = k.key
+"""
+
+# The newest point wins by (step, time, position); min, max and count merge.
+_METRICS = """
+INSERT INTO run_metrics AS t (project, run_id, key, value, step, at, position, min_value,
+                              max_value, points)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int8[],
+                     $6::timestamptz[], $7::int8[], $8::float8[], $9::float8[], $10::int8[])
+ON CONFLICT (project, run_id, key) DO UPDATE SET
+    value = CASE WHEN (EXCLUDED.step, EXCLUDED.at, EXCLUDED.position) >= (t.step, t.at, t.position)
+                 THEN EXCLUDED.value ELSE t.value END,
+    at = CASE WHEN (EXCLUDED.step, EXCLUDED.at, EXCLUDED.position) >= (t.step, t.at, t.position)
+              THEN EXCLUDED.at ELSE t.at END,
+    position = CASE WHEN (EXCLUDED.step, EXCLUDED.at, EXCLUDED.position) >= (t.step, t.at, t.position)
+                    THEN EXCLUDED.position ELSE t.position END,
+    step = GREATEST(EXCLUDED.step, t.step),
+    min_value = LEAST(EXCLUDED.min_value, t.min_value),
+    max_value = GREATEST(EXCLUDED.max_value, t.max_value),
+    points = t.points + EXCLUDED.points
+"""
+
+_OUTPUT = """
+INSERT INTO run_outputs (project, run_id, uri, digest, name, dataset, version, produced_at, event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING
+"""
+
+_DATASET_VERSION = """
+INSERT INTO dataset_versions (project, dataset, version, number, uri, digest, size_bytes, row_count,
+                              schema, parents, produced_by_run, created_by, created_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+"""
+
+_MODEL_VERSION = """
+INSERT INTO model_versions (project, model, number, run_id, artifact_uri, digest, framework,
+                            signature, description, registered_by, registered_at, recorded_at,
+                            event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+"""
+
+_ASSIGNMENT_COLUMNS = [
+    "created_position", "part", "project", "kind", "model", "name", "version", "valid_from",
+    "valid_to", "recorded_from", "recorded_to", "set_by", "set_event", "target",
+]  # fmt: skip
+
+_CLOSE_ASSIGNMENT = """
+UPDATE assignments SET recorded_to = $3 WHERE created_position = $1 AND part = $2
+"""
+
+_APPROVAL = """
+INSERT INTO approvals (event_id, project, model, version, decision, reviewer, comment, evidence,
+                       decided_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING
+"""
+
+_ANNOTATION = """
+INSERT INTO annotations (event_id, project, subject, text, labels, author, added_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING
+"""
+
+_EDGE = """
+INSERT INTO lineage_edges (project, edge_type, src, dst, role, valid_from, recorded_from, event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
+"""
+
+_DEAD_LETTER = """
+INSERT INTO public.dead_letters (event_id, position, source, reason, raw)
+VALUES ($1, $2, 'store', $3, $4)
+ON CONFLICT (position) WHERE position IS NOT NULL DO NOTHING
+"""
+
+
+def _columns(rows: list[tuple[Any, ...]], n: int) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
+
+
+async def _upsert_named(
+    con: Connection, sql: str, explicit_sql: str, rows: list[tuple[Any, ...]]
+) -> None:
+    implicit = [r[:-1] for r in rows if not r[-1]]
+    explicit = [r[:-1] for r in rows if r[-1]]
+    if implicit:
+        await con.executemany(sql.format("NOTHING"), implicit)
+    if explicit:
+        await con.executemany(sql.format(explicit_sql), explicit)
+
+
+async def write_changes(con: Connection, ch: Changes) -> None:
+    """Write one batch's changes. Runs inside the caller's transaction."""
+    await _upsert_named(con, _UPSERT_PROJECT, _EXPLICIT, list(ch.projects.values()))
+    await _upsert_named(con, _UPSERT_DATASET, _EXPLICIT_DATASET, list(ch.datasets.values()))
+    await _upsert_named(con, _UPSERT_MODEL, _EXPLICIT, list(ch.models.values()))
+    if ch.runs_started:
+        await con.executemany(_RUN_STARTED, ch.runs_started)
+    if ch.runs_finished:
+        await con.executemany(_RUN_FINISHED, ch.runs_finished)
+    if ch.params:
+        await con.execute(_PARAMS, *_columns(list(ch.params.values()), 4))
+    if ch.tags_removed:
+        await con.execute(_TAGS_REMOVED, *_columns(sorted(ch.tags_removed), 3))
+    if ch.tags_set:
+        await con.execute(_TAGS_SET, *_columns(list(ch.tags_set.values()), 4))
+    if ch.metric_points:
+        await con.copy_records_to_table(
+            "run_metric_points",
+            records=ch.metric_points,
+            columns=["project", "run_id", "key", "step", "value", "at", "position"],
+            schema_name=await _schema(con),
+        )
+    if ch.metric_summaries:
+        rows = [
+            (*k, m.value, m.step, m.at, m.position, m.min_value, m.max_value, m.points)
+            for k, m in ch.metric_summaries.items()
+        ]
+        await con.execute(_METRICS, *_columns(rows, 10))
+    if ch.outputs:
+        await con.executemany(_OUTPUT, ch.outputs)
+    if ch.dataset_versions:
+        await con.executemany(_DATASET_VERSION, ch.dataset_versions)
+    if ch.model_versions:
+        await con.executemany(_MODEL_VERSION, ch.model_versions)
+    if ch.assignments_closed:
+        await con.executemany(_CLOSE_ASSIGNMENT, ch.assignments_closed)
+    if ch.assignments_new:
+        await con.copy_records_to_table(
+            "assignments",
+            records=[tuple(getattr(a, c) for c in _ASSIGNMENT_COLUMNS) for a in ch.assignments_new],
+            columns=_ASSIGNMENT_COLUMNS,
+            schema_name=await _schema(con),
+        )
+    if ch.approvals:
+        await con.executemany(_APPROVAL, ch.approvals)
+    if ch.annotations:
+        await con.executemany(_ANNOTATION, ch.annotations)
+    if ch.edges:
+        await con.executemany(_EDGE, list(ch.edges.values()))
+    for redaction in ch.redactions:
+        await _redact(con, redaction.event, redaction.fields, redaction.reason)
+    if ch.rejected:
+        await con.executemany(
+            _DEAD_LETTER,
+            [
+                (s.event.event_id, s.position, reason, encode_event(s.event))
+                for s, reason in ch.rejected
+            ],
+        )
+        for s, reason in ch.rejected:
+            log.warning(
+                "dead-lettered event %s at position %d: %s", s.event.event_id, s.position, reason
+            )
+    if ch.last_position:
+        await con.execute(
+            "UPDATE checkpoint SET position = GREATEST(position, $1)", ch.last_position
+        )
+
+
+async def _schema(con: Connection) -> str:
+    """The read-model schema this connection writes to (first on its search_path)."""
+    name: str = await con.fetchval("SELECT current_schema()")
+    return name
+
+
+async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reason: str) -> None:
+    """Erase payload fields of the subject's earlier events; keep ids, types and lineage."""
+    e = s.event
+    paths = [f.split(".") for f in fields]
+    # `#-` removes one path; applying them in turn over a small array is simplest in SQL.
+    count = 0
+    for path in paths:
+        status = await con.execute(
+            """UPDATE public.events SET payload = payload #- $1::text[], redacted_by = $4::uuid
+               WHERE project = $2 AND subject = $3 AND position < $5 AND payload #> $1::text[] IS NOT NULL""",
+            path, e.project, e.subject, e.event_id, s.position,
+        )  # fmt: skip
+        count += int(status.split()[-1])
+    await con.execute(
+        """INSERT INTO redactions (event_id, project, subject, fields, reason, redacted_by,
+                                   redacted_at, events_redacted)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING""",
+        e.event_id, e.project, e.subject, list(fields), reason, e.actor, e.occurred_at, count,
+    )  # fmt: skip
+    if e.subject_kind == "run":
+        # Re-derive the run's descriptive columns from its (now redacted) start event.
+        rows = await con.fetch(
+            """SELECT position, event_id::text, type, schema_version, project, subject, actor,
+                      occurred_at, recorded_at, correlation_id, causation_id, producer, payload
+               FROM public.events WHERE project = $1 AND subject = $2 AND type = 'run.started'
+               ORDER BY position""",
+            e.project, e.subject,
+        )  # fmt: skip
+        from studbook_server.adapters.postgres import stored_event
+
+        for row in rows:
+            started = stored_event(row)
+            ch = project([started], State())
+            await con.executemany(_RUN_STARTED, ch.runs_started)
+
+
+async def apply_batch(con: Connection, events: list[StoredEvent]) -> Changes:
+    """Project stored events into the read models (inside the caller's transaction)."""
+    state = await load_state(con, state_keys(events))
+    changes = project(events, state)
+    await write_changes(con, changes)
+    return changes
+
+
+async def catch_up(con: Connection, *, batch: int = 5000, until: int | None = None) -> int:
+    """Apply stored events past the read models' checkpoint; return how many were applied.
+
+    One transaction per batch, each holding the store lock, so this never interleaves with an
+    append-and-project transaction of a Kafka projector or with a rebuild's swap.
+    """
+    from studbook_server.adapters.postgres import STORE_LOCK
+
+    total = 0
+    while True:
+        async with con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+            after = await con.fetchval("SELECT position FROM checkpoint")
+            events = await read_events(con, after, batch)
+            if until is not None:
+                events = [e for e in events if e.position <= until]
+            if not events:
+                return total
+            await apply_batch(con, events)
+        total += len(events)

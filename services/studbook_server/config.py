@@ -1,0 +1,36 @@
+"""Settings, read once from `STUDBOOK_*` environment variables (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    kafka_bootstrap: str | None
+    events_topic: str
+    consumer_group: str
+    batch_max_records: int
+    batch_timeout_ms: int
+    log_level: str
+
+    @property
+    def embedded(self) -> bool:
+        """No Kafka configured: the event store itself is the transport."""
+        return not self.kafka_bootstrap
+
+
+def load_settings(env_file: str | None = None) -> Settings:
+    config = Config(env_file=env_file, env_prefix="STUDBOOK_")
+    return Settings(
+        database_url=config("DATABASE_URL", cast=str, default=""),
+        kafka_bootstrap=config("KAFKA_BOOTSTRAP", cast=str, default="") or None,
+        events_topic=config("EVENTS_TOPIC", cast=str, default="studbook.events"),
+        consumer_group=config("CONSUMER_GROUP", cast=str, default="studbook-projector"),
+        batch_max_records=config("BATCH_MAX_RECORDS", cast=int, default=2000),
+        batch_timeout_ms=config("BATCH_TIMEOUT_MS", cast=int, default=200),
+        log_level=config("LOG_LEVEL", cast=str, default="INFO"),
+    )

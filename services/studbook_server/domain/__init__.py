@@ -1,0 +1,1 @@
+"""Studbook's domain: the event contract and the rules that events follow."""

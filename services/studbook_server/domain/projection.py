@@ -1,0 +1,605 @@
+"""What each event does to the read models: pure rules, no I/O.
+
+The runner hands :func:`project` a batch of stored events (in store order) and the slice of current
+state the batch needs (:class:`State`, loaded for the keys :func:`state_keys` names). It returns
+:class:`Changes`: rows to write, grouped per table so the writer can use COPY / one statement per
+table, and the events it rejects with their reason (they go to the dead letters).
+
+Read this module top-down to see what happens to, say, a `run.started` event: find `_run_started`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from studbook_server.domain.contract import Event
+
+# --------------------------------------------------------------------------------- node ids
+
+
+def dataset_version_node(dataset: str, version: str) -> str:
+    return f"dataset_version:{dataset}@{version}"
+
+
+def run_node(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def model_version_node(model: str, number: int) -> str:
+    return f"model_version:{model}@{number}"
+
+
+def deployment_node(model: str, environment: str) -> str:
+    return f"deployment:{model}/{environment}"
+
+
+# ----------------------------------------------------------------------------- input / state
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the store holds it: its global position and when the store recorded it."""
+
+    event: Event
+    position: int
+    recorded_at: datetime
+
+
+@dataclass(slots=True)
+class Assignment:
+    """One bitemporal row of rm.assignments (an alias or a deployment holding a model version)."""
+
+    created_position: int
+    part: int
+    project: str
+    kind: str
+    model: str
+    name: str
+    version: int
+    valid_from: datetime
+    valid_to: datetime | None
+    recorded_from: datetime
+    recorded_to: datetime | None
+    set_by: str
+    set_event: str
+    target: str | None
+
+    def covers(self, t: datetime) -> bool:
+        return self.valid_from <= t and (self.valid_to is None or t < self.valid_to)
+
+
+AssignmentKey = tuple[str, str, str, str]  # project, kind, model, name
+
+
+@dataclass(frozen=True, slots=True)
+class StateKeys:
+    """Which existing state a batch needs loaded."""
+
+    dataset_versions: frozenset[tuple[str, str, str]]  # project, dataset, version
+    datasets: frozenset[tuple[str, str]]  # project, dataset (for the next version number)
+    models: frozenset[tuple[str, str]]  # project, model (for version numbers)
+    assignments: frozenset[AssignmentKey]
+
+
+@dataclass(slots=True)
+class State:
+    """Current state for a batch's keys; :func:`project` updates it as it goes."""
+
+    dataset_version_digests: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    dataset_numbers: dict[tuple[str, str], int] = field(default_factory=dict)
+    model_numbers: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Rows believed now (recorded_to IS NULL), per key, any order.
+    assignments: dict[AssignmentKey, list[Assignment]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+@dataclass(slots=True)
+class MetricSummary:
+    """The batch's contribution to one (run, key) row of rm.run_metrics."""
+
+    value: float
+    step: int
+    at: datetime
+    position: int
+    min_value: float
+    max_value: float
+    points: int
+
+    def add(self, value: float, step: int, at: datetime, position: int) -> None:
+        if (step, at, position) >= (self.step, self.at, self.position):
+            self.value, self.step, self.at, self.position = value, step, at, position
+        self.min_value = min(self.min_value, value)
+        self.max_value = max(self.max_value, value)
+        self.points += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    event: StoredEvent
+    fields: tuple[str, ...]
+    reason: str
+
+
+Row = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class Changes:
+    """Row changes for one batch, per table. Tuples follow the column lists in the writer."""
+
+    # Projects, datasets and models exist once anything names them; the row's last element says
+    # whether it came from the explicit `*.created` event (which then fills in the description).
+    projects: dict[str, Row] = field(default_factory=dict)
+    runs_started: list[Row] = field(default_factory=list)
+    runs_finished: list[Row] = field(default_factory=list)
+    params: dict[tuple[str, str, str], Row] = field(default_factory=dict)
+    tags_set: dict[tuple[str, str, str], Row] = field(default_factory=dict)
+    tags_removed: set[tuple[str, str, str]] = field(default_factory=set)
+    metric_points: list[Row] = field(default_factory=list)
+    metric_summaries: dict[tuple[str, str, str], MetricSummary] = field(default_factory=dict)
+    outputs: list[Row] = field(default_factory=list)
+    datasets: dict[tuple[str, str], Row] = field(default_factory=dict)
+    dataset_versions: list[Row] = field(default_factory=list)
+    models: dict[tuple[str, str], Row] = field(default_factory=dict)
+    model_versions: list[Row] = field(default_factory=list)
+    assignments_new: list[Assignment] = field(default_factory=list)
+    # Existing rows whose belief ended: (created_position, part, recorded_to).
+    assignments_closed: list[tuple[int, int, datetime]] = field(default_factory=list)
+    approvals: list[Row] = field(default_factory=list)
+    annotations: list[Row] = field(default_factory=list)
+    edges: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
+    redactions: list[Redaction] = field(default_factory=list)
+    rejected: list[tuple[StoredEvent, str]] = field(default_factory=list)
+    last_position: int = 0
+
+
+class Rejected(Exception):
+    """An event that is valid JSON-wise but cannot be applied; the message says why."""
+
+
+# ------------------------------------------------------------------------------------ rules
+
+
+def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
+    """The existing state :func:`project` will consult for these events."""
+    versions: set[tuple[str, str, str]] = set()
+    datasets: set[tuple[str, str]] = set()
+    models: set[tuple[str, str]] = set()
+    assignments: set[AssignmentKey] = set()
+    for stored in events:
+        e = stored.event
+        p = e.payload
+        if e.type == "dataset.version.created":
+            versions.add((e.project, e.subject_key, p["version"]))
+            datasets.add((e.project, e.subject_key))
+        elif e.type.startswith("model."):
+            models.add((e.project, e.subject_key))
+            if e.type in ("model.alias.set", "model.alias.removed"):
+                assignments.add((e.project, "alias", e.subject_key, p["alias"]))
+            elif e.type in ("model.version.deployed", "model.version.undeployed"):
+                assignments.add((e.project, "deployment", e.subject_key, p["environment"]))
+    return StateKeys(
+        frozenset(versions), frozenset(datasets), frozenset(models), frozenset(assignments)
+    )
+
+
+def project(events: Iterable[StoredEvent], state: State) -> Changes:
+    """Apply a batch of stored events, in order, to ``state``; return the row changes."""
+    changes = Changes()
+    for stored in events:
+        e = stored.event
+        changes.last_position = stored.position
+        if e.project not in changes.projects:
+            # Every project that has events exists; project.created adds its description.
+            changes.projects[e.project] = (
+                e.project, None, e.actor, e.occurred_at, stored.recorded_at, False
+            )  # fmt: skip
+        rule = _RULES.get(e.type)
+        if rule is None:  # pragma: no cover - the contract admits only types listed in _RULES
+            changes.rejected.append((stored, f"no projection rule for event type `{e.type}`"))
+            continue
+        expected_kind = _SUBJECT_KINDS.get(e.type)
+        if expected_kind is not None and e.subject_kind != expected_kind:
+            changes.rejected.append(
+                (
+                    stored,
+                    f"`{e.type}` must have a `{expected_kind}:` subject, got `{e.subject}`",
+                )
+            )
+            continue
+        try:
+            rule(stored, state, changes)
+        except Rejected as exc:
+            changes.rejected.append((stored, str(exc)))
+    return changes
+
+
+def _project_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    if e.subject_key != e.project:
+        raise Rejected(f"`project.created` subject `{e.subject}` must be `project:{e.project}`")
+    ch.projects[e.project] = (
+        e.project,
+        e.payload.get("description"),
+        e.actor,
+        e.occurred_at,
+        s.recorded_at,
+        True,
+    )
+
+
+def _dataset_row(s: StoredEvent, description: str | None, uri: str | None, explicit: bool) -> Row:
+    e = s.event
+    return (
+        e.project, e.subject_key, description, uri, e.actor, e.occurred_at, s.recorded_at, explicit
+    )  # fmt: skip
+
+
+def _dataset_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    if e.payload["name"] != e.subject_key:
+        raise Rejected(
+            f"`dataset.created` name `{e.payload['name']}` differs from its subject `{e.subject}`"
+        )
+    ch.datasets[(e.project, e.subject_key)] = _dataset_row(
+        s, e.payload.get("description"), e.payload.get("uri"), True
+    )
+
+
+def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    dataset, version = e.subject_key, p["version"]
+    key = (e.project, dataset, version)
+    known = state.dataset_version_digests.get(key)
+    if known is not None:
+        if known == p["digest"]:
+            return  # the same content registered again: nothing new
+        raise Rejected(
+            f"dataset version `{dataset}@{version}` already exists with digest {known}; "
+            f"a version id names one content (got {p['digest']}): choose a new version id"
+        )
+    state.dataset_version_digests[key] = p["digest"]
+    number = state.dataset_numbers.get((e.project, dataset), 0) + 1
+    state.dataset_numbers[(e.project, dataset)] = number
+    # A version implies its dataset; an explicit dataset.created (earlier or later) wins.
+    ch.datasets.setdefault((e.project, dataset), _dataset_row(s, None, None, False))
+    parents = [{"dataset": r["dataset"], "version": r["version"]} for r in p.get("parents", [])]
+    run = p.get("produced_by_run")
+    ch.dataset_versions.append(
+        (
+            e.project,
+            dataset,
+            version,
+            number,
+            p["uri"],
+            p["digest"],
+            p.get("size_bytes"),
+            p.get("row_count"),
+            p.get("schema"),
+            parents,
+            run,
+            e.actor,
+            e.occurred_at,
+            s.recorded_at,
+        )
+    )
+    node = dataset_version_node(dataset, version)
+    for parent in parents:
+        _edge(ch, s, "derived", dataset_version_node(parent["dataset"], parent["version"]), node)
+    if run is not None:
+        _edge(ch, s, "output", run_node(run), node)
+
+
+def _edge(
+    ch: Changes, s: StoredEvent, edge_type: str, src: str, dst: str, role: str | None = None
+) -> None:
+    e = s.event
+    key = (e.project, src, dst, edge_type)
+    # The first claim of an edge keeps its times; repeating it adds nothing.
+    ch.edges.setdefault(
+        key, (e.project, edge_type, src, dst, role, e.occurred_at, s.recorded_at, e.event_id)
+    )
+
+
+def _run_started(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    code = p.get("code")
+    ch.runs_started.append(
+        (
+            e.project,
+            e.subject_key,
+            p["name"],
+            p.get("experiment"),
+            p.get("parent_run"),
+            e.actor,
+            e.occurred_at,
+            s.recorded_at,
+            code,
+            code.get("git_commit") if code else None,
+            p.get("environment"),
+        )
+    )
+
+
+def _run_params_logged(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    for key, value in e.payload["params"].items():
+        ch.params[(e.project, e.subject_key, key)] = (e.project, e.subject_key, key, value)
+
+
+def _run_metrics_logged(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    run_id = e.subject_key
+    points = ch.metric_points
+    summaries = ch.metric_summaries
+    parse = datetime.fromisoformat
+    for m in e.payload["metrics"]:
+        key = m["key"]
+        value = float(m["value"])
+        step = m.get("step", 0)
+        ts = m.get("timestamp")
+        at = parse(ts) if ts is not None else e.occurred_at
+        points.append((e.project, run_id, key, step, value, at, s.position))
+        skey = (e.project, run_id, key)
+        summary = summaries.get(skey)
+        if summary is None:
+            summaries[skey] = MetricSummary(value, step, at, s.position, value, value, 1)
+        else:
+            summary.add(value, step, at, s.position)
+
+
+def _run_tags_set(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    for key, value in e.payload["tags"].items():
+        k = (e.project, e.subject_key, key)
+        if value is None:
+            ch.tags_set.pop(k, None)
+            ch.tags_removed.add(k)
+        else:
+            ch.tags_removed.discard(k)
+            ch.tags_set[k] = (e.project, e.subject_key, key, value)
+
+
+def _run_input_used(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    src = dataset_version_node(p["dataset"], p["version"])
+    _edge(ch, s, "input", src, run_node(e.subject_key), p["role"])
+
+
+def _run_output_produced(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    dataset, version = p.get("dataset"), p.get("version")
+    ch.outputs.append(
+        (
+            e.project,
+            e.subject_key,
+            p["uri"],
+            p.get("digest"),
+            p.get("name"),
+            dataset,
+            version,
+            e.occurred_at,
+            e.event_id,
+        )
+    )
+    if dataset is not None and version is not None:
+        _edge(ch, s, "output", run_node(e.subject_key), dataset_version_node(dataset, version))
+
+
+def _run_finished(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.runs_finished.append(
+        (
+            e.project,
+            e.subject_key,
+            p["status"],
+            e.actor,
+            e.occurred_at,
+            s.recorded_at,
+            p.get("error"),
+        )
+    )
+
+
+def _model_row(s: StoredEvent, description: str | None, explicit: bool) -> Row:
+    e = s.event
+    return (e.project, e.subject_key, description, e.actor, e.occurred_at, s.recorded_at, explicit)
+
+
+def _model_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    if e.payload["name"] != e.subject_key:
+        raise Rejected(
+            f"`model.created` name `{e.payload['name']}` differs from its subject `{e.subject}`"
+        )
+    ch.models[(e.project, e.subject_key)] = _model_row(s, e.payload.get("description"), True)
+
+
+def _model_version_registered(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    model = e.subject_key
+    number = state.model_numbers.get((e.project, model), 0) + 1
+    state.model_numbers[(e.project, model)] = number
+    ch.models.setdefault((e.project, model), _model_row(s, None, False))
+    run = p.get("run")
+    ch.model_versions.append(
+        (
+            e.project,
+            model,
+            number,
+            run,
+            p["artifact_uri"],
+            p.get("digest"),
+            p.get("framework"),
+            p.get("signature"),
+            p.get("description"),
+            e.actor,
+            e.occurred_at,
+            s.recorded_at,
+            e.event_id,
+        )
+    )
+    if run is not None:
+        _edge(ch, s, "trained", run_node(run), model_version_node(model, number))
+
+
+def _require_version(s: StoredEvent, state: State, version: int) -> None:
+    e = s.event
+    latest = state.model_numbers.get((e.project, e.subject_key), 0)
+    if not 1 <= version <= latest:
+        have = f"its latest is version {latest}" if latest else "it has no versions"
+        raise Rejected(
+            f"`{e.type}` names version {version} of model `{e.subject_key}`, but {have}: "
+            "was `model.version.registered` sent first?"
+        )
+
+
+def _assign(
+    s: StoredEvent, state: State, ch: Changes, kind: str, name: str, version: int | None
+) -> None:
+    """Set (``version``) or clear (``None``) ``name`` from the event's occurred time on.
+
+    Rows the store believes stay untouched except for ``recorded_to``: the row covering the event's
+    time is closed and replaced by its part before that time, and a new row runs from the event's
+    time to the next change already known (if any), so late-recorded events land in the past.
+    """
+    e = s.event
+    t, k = e.occurred_at, s.recorded_at
+    key = (e.project, kind, e.subject_key, name)
+    current = state.assignments.setdefault(key, [])
+    covering = next((r for r in current if r.covers(t)), None)
+    if covering is None:
+        if version is None:
+            what = "alias" if kind == "alias" else "deployment to"
+            raise Rejected(
+                f"`{e.type}`: model `{e.subject_key}` has no {what} `{name}` at {t.isoformat()}"
+            )
+        later = [r.valid_from for r in current if r.valid_from > t]
+        valid_to = min(later) if later else None
+    else:
+        valid_to = covering.valid_to
+        current.remove(covering)
+        covering.recorded_to = k
+        if not any(covering is r for r in ch.assignments_new):
+            ch.assignments_closed.append((covering.created_position, covering.part, k))
+        if covering.valid_from < t:
+            head = Assignment(
+                s.position, 1, e.project, kind, e.subject_key, name, covering.version,
+                covering.valid_from, t, k, None, covering.set_by, covering.set_event,
+                covering.target,
+            )  # fmt: skip
+            current.append(head)
+            ch.assignments_new.append(head)
+    if version is not None:
+        row = Assignment(
+            s.position, 0, e.project, kind, e.subject_key, name, version, t, valid_to, k, None,
+            e.actor, e.event_id, e.payload.get("target"),
+        )  # fmt: skip
+        current.append(row)
+        ch.assignments_new.append(row)
+
+
+def _model_alias_set(s: StoredEvent, state: State, ch: Changes) -> None:
+    p = s.event.payload
+    _require_version(s, state, p["version"])
+    _assign(s, state, ch, "alias", p["alias"], p["version"])
+
+
+def _model_alias_removed(s: StoredEvent, state: State, ch: Changes) -> None:
+    _assign(s, state, ch, "alias", s.event.payload["alias"], None)
+
+
+def _model_version_deployed(s: StoredEvent, state: State, ch: Changes) -> None:
+    p = s.event.payload
+    _require_version(s, state, p["version"])
+    _assign(s, state, ch, "deployment", p["environment"], p["version"])
+
+
+def _model_version_undeployed(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    key = (e.project, "deployment", e.subject_key, p["environment"])
+    held = next((r for r in state.assignments.get(key, []) if r.covers(e.occurred_at)), None)
+    if held is not None and held.version != p["version"]:
+        raise Rejected(
+            f"`model.version.undeployed` names version {p['version']} of `{e.subject_key}` in "
+            f"`{p['environment']}`, but version {held.version} is deployed there"
+        )
+    _assign(s, state, ch, "deployment", p["environment"], None)
+
+
+def _decision(decision: str) -> Callable[[StoredEvent, State, Changes], None]:
+    def rule(s: StoredEvent, state: State, ch: Changes) -> None:
+        e, p = s.event, s.event.payload
+        _require_version(s, state, p["version"])
+        ch.approvals.append(
+            (
+                e.event_id,
+                e.project,
+                e.subject_key,
+                p["version"],
+                decision,
+                e.actor,
+                p.get("comment"),
+                p.get("evidence", []),
+                e.occurred_at,
+                s.recorded_at,
+            )
+        )
+
+    return rule
+
+
+def _annotation_added(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.annotations.append(
+        (
+            e.event_id,
+            e.project,
+            e.subject,
+            p["text"],
+            p.get("labels", {}),
+            e.actor,
+            e.occurred_at,
+            s.recorded_at,
+        )
+    )
+
+
+def _subject_redacted(s: StoredEvent, state: State, ch: Changes) -> None:
+    p = s.event.payload
+    ch.redactions.append(Redaction(s, tuple(p["fields"]), p["reason"]))
+
+
+_RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
+    "project.created": _project_created,
+    "dataset.created": _dataset_created,
+    "dataset.version.created": _dataset_version_created,
+    "run.started": _run_started,
+    "run.params.logged": _run_params_logged,
+    "run.metrics.logged": _run_metrics_logged,
+    "run.tags.set": _run_tags_set,
+    "run.input.used": _run_input_used,
+    "run.output.produced": _run_output_produced,
+    "run.finished": _run_finished,
+    "model.created": _model_created,
+    "model.version.registered": _model_version_registered,
+    "model.alias.set": _model_alias_set,
+    "model.alias.removed": _model_alias_removed,
+    "model.version.approved": _decision("approved"),
+    "model.version.rejected": _decision("rejected"),
+    "model.version.deployed": _model_version_deployed,
+    "model.version.undeployed": _model_version_undeployed,
+    "annotation.added": _annotation_added,
+    "subject.redacted": _subject_redacted,
+}
+
+_SUBJECT_KINDS: dict[str, str] = {
+    t: t.split(".", 1)[0]
+    for t in _RULES
+    if t.split(".", 1)[0] in {"project", "dataset", "run", "model"}
+}

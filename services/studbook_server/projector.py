@@ -1,0 +1,324 @@
+"""The projector: events in, trustworthy read models out.
+
+Kafka mode (`STUDBOOK_KAFKA_BOOTSTRAP` set): a consumer group on the events topic. For each batch of
+records, ONE PostgreSQL transaction appends the new events to the store, applies them to the read
+models and stores the consumer offsets; offsets are never committed to Kafka, and on partition
+assignment the consumer seeks to the offsets stored in PostgreSQL (effectively-once). Records that
+are not valid events go to `dead_letters` with their reason and raw bytes, in the same transaction.
+
+Embedded mode (no Kafka): the event store itself is the transport; the same projection code tails
+it from the read models' checkpoint, woken by LISTEN/NOTIFY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from studbook_server.adapters import postgres
+from studbook_server.adapters.postgres import Incoming
+from studbook_server.adapters.readmodels import apply_batch, catch_up
+from studbook_server.config import Settings, load_settings
+from studbook_server.domain.contract import InvalidEvent, event_from_dict, validate_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters a projector keeps (exposed in logs and, with the API, as metrics)."""
+
+    batches: int = 0
+    records: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    metric_points: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    event_id: str | None
+    source: str
+    reason: str
+    raw: bytes
+
+
+@dataclass(slots=True)
+class Decoded:
+    incoming: list[Incoming] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
+    """One Kafka record's value -> a validated event, or a dead letter saying what is wrong."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return DeadLetter(None, source, f"not valid JSON: {exc}", raw)
+    event_id = doc.get("event_id") if isinstance(doc, dict) else None
+    event_id = event_id if isinstance(event_id, str) else None
+    violations = validate_event(doc)
+    if violations:
+        reason = "; ".join(f"{v.path or '/'}: {v.message}" for v in violations[:20])
+        return DeadLetter(event_id, source, f"invalid event: {reason}", raw)
+    if b"\\u0000" in raw:
+        # PostgreSQL's text and jsonb cannot hold NUL; storing it would fail the whole batch.
+        return DeadLetter(
+            event_id, source, "contains a NUL character (\\u0000), which cannot be stored", raw
+        )
+    try:
+        event = event_from_dict(doc)
+    except InvalidEvent as exc:  # pragma: no cover - validated just above
+        return DeadLetter(event_id, source, str(exc), raw)
+    return Incoming(doc, event)
+
+
+_DEAD_LETTER = """
+INSERT INTO public.dead_letters (event_id, position, source, reason, raw) VALUES ($1, NULL, $2, $3, $4)
+"""
+
+_STORE_OFFSETS = """
+INSERT INTO public.consumer_offsets (group_id, topic, partition, next_offset)
+SELECT $1, $2, p, o FROM unnest($3::int[], $4::int8[]) AS x(p, o)
+ON CONFLICT (group_id, topic, partition)
+DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)
+"""
+
+
+async def store_batch(
+    con: postgres.Connection,
+    decoded: Decoded,
+    *,
+    group_id: str,
+    topic: str,
+    next_offsets: dict[int, int],
+    stats: Stats,
+) -> None:
+    """Append, project, dead-letter and record offsets: one transaction."""
+    async with con.transaction():
+        stored = await postgres.append(con, decoded.incoming)
+        changes = await apply_batch(con, stored)
+        if decoded.dead:
+            await con.executemany(
+                _DEAD_LETTER, [(d.event_id, d.source, d.reason, d.raw) for d in decoded.dead]
+            )
+        if next_offsets:
+            parts = sorted(next_offsets)
+            await con.execute(
+                _STORE_OFFSETS, group_id, topic, parts, [next_offsets[p] for p in parts]
+            )
+    stats.batches += 1
+    stats.appended += len(stored)
+    stats.duplicates += len(decoded.incoming) - len(stored)
+    stats.dead_letters += len(decoded.dead) + len(changes.rejected)
+    stats.metric_points += len(changes.metric_points)
+    for d in decoded.dead:
+        log.warning("dead-lettered record %s: %s", d.source, d.reason)
+
+
+class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, continue from the offsets PostgreSQL holds, not Kafka's."""
+
+    def __init__(self, projector: KafkaProjector) -> None:
+        self._p = projector
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._p.seek_to_stored(list(assigned))
+
+
+class KafkaProjector:
+    def __init__(self, settings: Settings, pool: postgres.Pool, *, name: str = "projector") -> None:
+        self.settings = settings
+        self.pool = pool
+        self.stats = Stats()
+        self.name = name
+        self._stopping = asyncio.Event()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max_records,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def seek_to_stored(self, assigned: Sequence[TopicPartition]) -> None:
+        if not assigned:
+            return
+        rows = await self.pool.fetch(
+            """SELECT partition, next_offset FROM public.consumer_offsets
+               WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])""",
+            self.settings.consumer_group,
+            self.settings.events_topic,
+            [tp.partition for tp in assigned],
+        )
+        stored = {r["partition"]: r["next_offset"] for r in rows}
+        for tp in assigned:
+            if tp.partition in stored:
+                self.consumer.seek(tp, stored[tp.partition])
+            else:
+                await self.consumer.seek_to_beginning(tp)
+        log.info(
+            "%s assigned %s, resuming at %s",
+            self.name,
+            sorted(tp.partition for tp in assigned),
+            stored,
+        )
+
+    async def run(self) -> None:
+        self.consumer.subscribe([self.settings.events_topic], listener=_SeekToStoredOffsets(self))
+        await self.consumer.start()
+        try:
+            while not self._stopping.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.settings.batch_timeout_ms,
+                    max_records=self.settings.batch_max_records,
+                )
+                if batch:
+                    await self._process(batch)
+        finally:
+            await self.consumer.stop()
+            log.info("%s stopped: %s", self.name, self.stats)
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        decoded = Decoded()
+        next_offsets: dict[int, int] = {}
+        for tp, records in batch.items():
+            for r in records:
+                item = decode_record(r.value, f"kafka:{tp.topic}/{tp.partition}@{r.offset}")
+                if isinstance(item, DeadLetter):
+                    decoded.dead.append(item)
+                else:
+                    decoded.incoming.append(item)
+            if records:
+                next_offsets[tp.partition] = records[-1].offset + 1
+            self.stats.records += len(records)
+        delay = 0.5
+        while True:
+            try:
+                async with self.pool.acquire() as con:
+                    await store_batch(
+                        con,
+                        decoded,
+                        group_id=self.settings.consumer_group,
+                        topic=self.settings.events_topic,
+                        next_offsets=next_offsets,
+                        stats=self.stats,
+                    )
+                return
+            except (
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.exceptions.SerializationError,
+                asyncpg.exceptions.DeadlockDetectedError,
+                asyncpg.exceptions.UniqueViolationError,
+                asyncpg.exceptions.InvalidCachedStatementError,
+            ) as exc:
+                # Nothing was committed: retry the same batch (never skip it) with back-off.
+                self.stats.retries += 1
+                log.warning(
+                    "%s: storing a batch failed (%s); retrying in %.1fs", self.name, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+class StoreTailer:
+    """Embedded mode: project events appended straight to the store (no Kafka)."""
+
+    def __init__(self, settings: Settings, *, batch: int = 5000) -> None:
+        self.settings = settings
+        self.batch = batch
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                con = await postgres.connect(self.settings.database_url)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("tailer: cannot reach PostgreSQL (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 0.5
+            try:
+                await con.add_listener(postgres.NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                while not self._stopping.is_set():
+                    self._wake.clear()
+                    await catch_up(con, batch=self.batch)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                log.warning("tailer: lost PostgreSQL (%s); reconnecting", exc)
+            finally:
+                if not con.is_closed():
+                    await con.close()
+
+
+async def run_projector(settings: Settings | None = None) -> int:
+    settings = settings or load_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    async with postgres_pool(settings) as pool:
+        async with pool.acquire() as con:
+            await postgres.migrate(con)
+        runner: KafkaProjector | StoreTailer
+        runner = KafkaProjector(settings, pool) if not settings.embedded else StoreTailer(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Finish the batch in hand, commit, then exit.
+            loop.add_signal_handler(sig, runner.stop)
+        try:
+            await runner.run()
+        except KafkaError as exc:
+            log.error("Kafka failed: %s", exc)
+            return 1
+    return 0
+
+
+class postgres_pool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: postgres.Pool | None = None
+
+    async def __aenter__(self) -> postgres.Pool:
+        delay = 0.5
+        while True:
+            try:
+                self.pool = await postgres.create_pool(self.settings.database_url)
+                return self.pool
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+                log.warning("cannot reach PostgreSQL (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            await self.pool.close()
