@@ -465,12 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             k = read_pid(s.kafka_dir / "kafka.pid")
             p = read_pid(s.pg_dir / "data" / "postmaster.pid")
-            print(
-                f"kafka:    {'running pid %d at %s' % (k, s.kafka_bootstrap) if k else 'stopped'}"
-            )
-            print(
-                f"postgres: {'running pid %d at 127.0.0.1:%d' % (p, s.pg_port) if p else 'stopped'}"
-            )
+            kafka = f"running pid {k} at {s.kafka_bootstrap}" if k else "stopped"
+            pg = f"running pid {p} at 127.0.0.1:{s.pg_port}" if p else "stopped"
+            print(f"kafka:    {kafka}")
+            print(f"postgres: {pg}")
             return 0 if k and p else 3
         else:
             print(env_lines(s), end="")

@@ -252,3 +252,16 @@ async def dump_read_models(
         return out
     finally:
         await con.close()
+
+
+def assert_same_read_models(
+    left: dict[str, list[tuple[Any, ...]]], right: dict[str, list[tuple[Any, ...]]]
+) -> None:
+    """Table-by-table equality with a message that shows the differing rows."""
+    assert sorted(left) == sorted(right)
+    for table in left:
+        only_left = sorted(set(left[table]) - set(right[table]))
+        only_right = sorted(set(right[table]) - set(left[table]))
+        assert left[table] == right[table], (
+            f"{table}: only left {only_left[:5]}; only right {only_right[:5]}"
+        )

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import asyncpg
+import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from studbook_server.adapters import postgres
+from studbook_server.adapters.readmodels import catch_up
+from studbook_server.domain.contract import event_from_dict
+from studbook_server.errors import ChainBroken
+from studbook_server.projector import KafkaProjector
+from studbook_server.rebuild import rebuild
 from tests.conftest import Services
 from tests.support import (
+    ARRIVAL_COLUMNS,
+    assert_same_read_models,
+    at,
+    digest,
+    dump_read_models,
+    ev,
     migrated,
     produce,
     project_all,
     scenario,
     settings_for,
+    wait_consumed,
 )
 
 Factory = Callable[..., Coroutine[Any, Any, str]]
@@ -108,3 +124,253 @@ async def test_scenario_produces_expected_read_models(
         }
     finally:
         await con.close()
+
+
+async def test_sending_every_event_twice_changes_nothing(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    events = scenario()
+    once = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
+    # Twice, and the second copy of each in a separate later batch too.
+    twice = await _pipeline(
+        services, database_factory, topic_factory, kafka_producer, [*events, *events], batch=7
+    )
+    assert_same_read_models(
+        await dump_read_models(twice, drop=ARRIVAL_COLUMNS),
+        await dump_read_models(once, drop=ARRIVAL_COLUMNS),
+    )
+    con = await postgres.connect(twice)
+    try:
+        assert await con.fetchval("SELECT count(*) FROM public.events") == len(events)
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
+    finally:
+        await con.close()
+
+
+async def test_references_to_subjects_not_seen_yet_resolve_when_they_arrive(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    # The run uses a dataset version and produces a model before either subject's events exist.
+    early = [
+        ev("run.started", "run:r-early", {"name": "eager"}),
+        ev("run.input.used", "run:r-early", {"dataset": "late", "version": "v9", "role": "test"}),
+        ev("model.version.registered", "model:m", {"run": "r-early", "artifact_uri": "s3://m"}),
+    ]
+    late = [
+        ev("dataset.version.created", "dataset:late",
+           {"version": "v9", "uri": "s3://late", "digest": digest("late")}),
+    ]  # fmt: skip
+    url = await _pipeline(services, database_factory, topic_factory, kafka_producer, early + late)
+    con = await postgres.connect(url)
+    try:
+        resolved = await con.fetch(
+            """SELECT e.edge_type, dv.digest FROM lineage_edges e
+               JOIN dataset_versions dv ON e.src = 'dataset_version:' || dv.dataset || '@' || dv.version
+               WHERE e.dst = 'run:r-early'"""
+        )
+        assert [tuple(r) for r in resolved] == [("input", digest("late"))]
+        trained = await con.fetchval(
+            "SELECT count(*) FROM lineage_edges e JOIN runs r ON e.src = 'run:' || r.run_id "
+            "WHERE e.edge_type = 'trained'"
+        )
+        assert trained == 1
+    finally:
+        await con.close()
+
+
+async def test_poison_events_are_dead_lettered_and_the_rest_applied(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    bad_metric = ev("run.metrics.logged", "run:p", {"metrics": [{"key": "loss", "value": "high"}]})
+    unknown_version = ev("model.alias.set", "model:m", {"alias": "production", "version": 3})
+    nul = ev("annotation.added", "run:p", {"text": "a\u0000b"})
+    events: list[dict[str, Any] | bytes] = [
+        ev("run.started", "run:p", {"name": "poisoned"}),
+        b"{not json",
+        bad_metric,
+        unknown_version,
+        nul,
+        ev("run.metrics.logged", "run:p", {"metrics": [{"key": "loss", "value": 0.5, "step": 1}]}),
+        ev("run.finished", "run:p", {"status": "completed"}),
+    ]
+    url = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
+    con = await postgres.connect(url)
+    try:
+        dead = await con.fetch(
+            "SELECT event_id, position, source, reason, raw FROM public.dead_letters ORDER BY id"
+        )
+        reasons = {d["event_id"]: d["reason"] for d in dead}
+        assert len(dead) == 4
+        assert any(
+            d["event_id"] is None and "not valid JSON" in d["reason"] and d["raw"] == b"{not json"
+            for d in dead
+        )
+        assert "/payload/metrics/0/value" in reasons[bad_metric["event_id"]]
+        assert "NUL" in reasons[nul["event_id"]]
+        assert "version 3" in reasons[unknown_version["event_id"]]
+        # The semantically rejected event is stored (it was claimed) and points at its position.
+        stored = next(d for d in dead if d["event_id"] == unknown_version["event_id"])
+        assert stored["position"] is not None
+        assert stored["source"] == "store"
+        run = await con.fetchrow("SELECT status FROM runs WHERE run_id = 'p'")
+        assert run["status"] == "completed"
+        assert await con.fetchval("SELECT value FROM run_metrics WHERE run_id = 'p'") == 0.5
+    finally:
+        await con.close()
+
+
+async def test_verify_passes_then_names_the_edited_position(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    url = await _pipeline(services, database_factory, topic_factory, kafka_producer, scenario())
+    con = await postgres.connect(url)
+    try:
+        report = await postgres.verify(con)
+        assert report.checked == len(scenario())
+        assert report.redacted >= 1  # the scenario's redaction erased run-1's host
+        await con.execute(
+            """UPDATE public.events SET payload = jsonb_set(payload, '{status}', '"failed"')
+               WHERE position = (SELECT position FROM public.events WHERE type = 'run.finished'
+                                 ORDER BY position LIMIT 1 OFFSET 1)"""
+        )
+        edited = await con.fetchval(
+            "SELECT position FROM public.events WHERE type = 'run.finished' ORDER BY position LIMIT 1 OFFSET 1"
+        )
+        with pytest.raises(ChainBroken) as broken:
+            await postgres.verify(con)
+        assert broken.value.position == edited
+        assert f"position {edited}" in str(broken.value)
+    finally:
+        await con.close()
+
+
+async def test_rebuild_equals_the_incremental_read_models(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    url = await _pipeline(
+        services, database_factory, topic_factory, kafka_producer, scenario(), batch=5
+    )
+    before = await dump_read_models(url)
+    seen: list[tuple[int, int]] = []
+    replayed = await rebuild(url, batch=4, progress=lambda done, total: seen.append((done, total)))
+    assert replayed == len(scenario())
+    assert seen
+    assert seen[-1][0] == len(scenario())
+    assert await dump_read_models(url) == before
+    con = await postgres.connect(url)
+    try:
+        schemas = {
+            r[0]
+            for r in await con.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rm%'")
+        }
+        assert schemas == {"rm"}
+    finally:
+        await con.close()
+
+
+async def test_two_projectors_in_one_group_equal_one(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    events: list[dict[str, Any] | bytes] = list(scenario())
+    for i in range(40):
+        run = f"run:bulk-{i}"
+        events += [
+            ev("run.started", run, {"name": f"bulk {i}"}, when=at(20, i)),
+            ev("run.metrics.logged", run,
+               {"metrics": [{"key": "acc", "value": i + s / 10, "step": s} for s in range(20)]}),
+            ev("run.finished", run, {"status": "completed"}, when=at(21, i)),
+        ]  # fmt: skip
+    one = await _pipeline(
+        services, database_factory, topic_factory, kafka_producer, events, batch=20
+    )
+    two = await _pipeline(
+        services, database_factory, topic_factory, kafka_producer, events, projectors=2, batch=20
+    )
+    assert_same_read_models(
+        await dump_read_models(two, drop=ARRIVAL_COLUMNS),
+        await dump_read_models(one, drop=ARRIVAL_COLUMNS),
+    )
+
+
+async def test_two_projectors_split_the_partitions(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    url = await database_factory()
+    await migrated(url)
+    topic = await topic_factory(partitions=4)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(url, services.kafka_bootstrap, topic, group, batch_max_records=10)
+    pool = await postgres.create_pool(url, max_size=4)
+    runners = [KafkaProjector(settings, pool, name=f"p{i}") for i in range(2)]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        for _ in range(200):  # both members joined and hold partitions
+            if all(r.consumer.assignment() for r in runners):
+                break
+            await asyncio.sleep(0.1)
+        owned = [{tp.partition for tp in r.consumer.assignment()} for r in runners]
+        assert owned[0] and owned[1] and not owned[0] & owned[1], owned
+        assert owned[0] | owned[1] == {0, 1, 2, 3}
+        events = [ev("run.started", f"run:s-{i}", {"name": str(i)}) for i in range(200)]
+        await produce(kafka_producer, topic, events)
+        await wait_consumed(url, group, topic, len(events))
+    finally:
+        for r in runners:
+            r.stop()
+        await asyncio.gather(*tasks)
+        await pool.close()
+    assert [r.stats.appended > 0 for r in runners] == [True, True]
+    assert sum(r.stats.appended for r in runners) == len(events)
+
+
+async def test_embedded_store_events_are_projected_the_same(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    events = scenario()
+    via_kafka = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
+    embedded = await database_factory()
+    await migrated(embedded)
+    con = await postgres.connect(embedded)
+    try:
+        incoming = [
+            postgres.Incoming(e, event_from_dict(orjson.loads(orjson.dumps(e)))) for e in events
+        ]
+        async with con.transaction():
+            stored = await postgres.append(con, incoming)
+        assert [s.position for s in stored] == list(range(1, len(incoming) + 1))
+        assert await catch_up(con, batch=3) == len(incoming)
+        assert await catch_up(con, batch=3) == 0
+    finally:
+        await con.close()
+    assert_same_read_models(
+        await dump_read_models(embedded, drop=ARRIVAL_COLUMNS),
+        await dump_read_models(via_kafka, drop=ARRIVAL_COLUMNS),
+    )
+
+
+async def test_migrations_are_recorded_and_not_reapplied(database_factory: Factory) -> None:
+    url = await database_factory()
+    con = await postgres.connect(url)
+    try:
+        first = await postgres.migrate(con)
+        second = await postgres.migrate(con)
+        recorded = [
+            r[0] for r in await con.fetch("SELECT version FROM public.schema_migrations ORDER BY 1")
+        ]
+    finally:
+        await con.close()
+    assert first == recorded == [v for v, _ in postgres.migration_files()]
+    assert second == []
+
+
+async def test_unreachable_database_fails_with_a_clear_error() -> None:
+    with pytest.raises((OSError, asyncpg.PostgresError)):
+        await postgres.connect("postgresql://postgres@127.0.0.1:1/none")

@@ -291,15 +291,18 @@ async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reas
     """Erase payload fields of the subject's earlier events; keep ids, types and lineage."""
     e = s.event
     paths = [f.split(".") for f in fields]
-    # `#-` removes one path; applying them in turn over a small array is simplest in SQL.
-    count = 0
+    # `#-` removes one path per statement; a redaction names a handful.
     for path in paths:
-        status = await con.execute(
+        await con.execute(
             """UPDATE public.events SET payload = payload #- $1::text[], redacted_by = $4::uuid
-               WHERE project = $2 AND subject = $3 AND position < $5 AND payload #> $1::text[] IS NOT NULL""",
+               WHERE project = $2 AND subject = $3 AND position < $5
+                 AND payload #> $1::text[] IS NOT NULL""",
             path, e.project, e.subject, e.event_id, s.position,
         )  # fmt: skip
-        count += int(status.split()[-1])
+    # Counted, not summed from the updates: a rebuild replays over already-redacted rows.
+    count = await con.fetchval(
+        "SELECT count(*) FROM public.events WHERE redacted_by = $1::uuid", e.event_id
+    )
     await con.execute(
         """INSERT INTO redactions (event_id, project, subject, fields, reason, redacted_by,
                                    redacted_at, events_redacted)
