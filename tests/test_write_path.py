@@ -316,7 +316,9 @@ async def test_two_projectors_split_the_partitions(
                 break
             await asyncio.sleep(0.1)
         owned = [{tp.partition for tp in r.consumer.assignment()} for r in runners]
-        assert owned[0] and owned[1] and not owned[0] & owned[1], owned
+        assert owned[0], owned
+        assert owned[1], owned
+        assert not owned[0] & owned[1], owned
         assert owned[0] | owned[1] == {0, 1, 2, 3}
         events = [ev("run.started", f"run:s-{i}", {"name": str(i)}) for i in range(200)]
         await produce(kafka_producer, topic, events)

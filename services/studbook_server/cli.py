@@ -53,6 +53,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return serve("ingest", host=args.host, port=args.port)
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from studbook_server.http import serve
+
+    return serve("up", host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studbook-server",
@@ -68,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_text, port in (
         ("api", _cmd_api, "serve the GraphQL API over HTTP", 8080),
         ("ingest", _cmd_ingest, "serve the ingest gateway (POST /v1/events) over HTTP", 8081),
+        ("up", _cmd_up, "run Studbook in one process on the embedded default (no Kafka)", 8080),
     ):
         p = add(name, handler, help_text)
         p.add_argument(
