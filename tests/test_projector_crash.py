@@ -2,9 +2,10 @@
 and duplicates nothing, and the read models equal a clean rebuild; SIGTERM shuts down gracefully.
 
 These tests run the real `studbook-server projector` command as a subprocess against the real
-Kafka and PostgreSQL, and kill it with signals: the effectively-once guarantee (events, read-model
+Kafka and PostgreSQL and stop it with signals: the effectively-once guarantee (events, read-model
 changes and consumer offsets in one PostgreSQL transaction) is only proven when the process dies
-at an arbitrary instant, not when a coroutine is cancelled politely.
+at an arbitrary instant, not when a coroutine is cancelled politely. Each process's output goes to
+a log file under tmp_path, whose tail failure messages show.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -26,18 +28,28 @@ from typing import IO, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from studbook_server.adapters import postgres
 from studbook_server.rebuild import rebuild
 from tests.conftest import Services
-from tests.support import at, dump_read_models, ev, migrated, produce, wait_consumed
+from tests.support import (
+    assert_same_read_models,
+    at,
+    dump_read_models,
+    ev,
+    migrated,
+    produce,
+    wait_consumed,
+)
 
 Factory = Callable[..., Coroutine[Any, Any, str]]
 
 MODEL = "churn-clf"
 METRIC_KEYS = ("train/loss", "val/accuracy")
 
-# ------------------------------------------------------------------------------ the stream
+# ---------------------------------------------------------------------------------- the stream
 
 
 @dataclass
@@ -48,13 +60,17 @@ class Stream:
     events: list[dict[str, Any]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     points: Counter[tuple[str, str]] = field(default_factory=Counter)  # (run id, key) -> points
-    steps: dict[str, int] = field(default_factory=dict)  # run id -> next step
+    steps: dict[str, int] = field(default_factory=dict)  # run id -> its next step
     model_versions: int = 0
     day: float = 0.0
 
     @property
     def total_points(self) -> int:
         return sum(self.points.values())
+
+    @property
+    def ids(self) -> set[str]:
+        return {e["event_id"] for e in self.events}
 
     def _tick(self) -> str:
         self.day += 0.01
@@ -68,7 +84,7 @@ class Stream:
         for i in range(n):
             key = METRIC_KEYS[i % 2]
             point: dict[str, Any] = {"key": key, "value": self.rng.random(), "step": base + i // 2}
-            if key == "val/accuracy" and i % 4 == 1:
+            if i % 4 == 1:
                 point["timestamp"] = at(self.day, hours=i / 1000)
             metrics.append(point)
             self.points[(run_id, key)] += 1
@@ -79,28 +95,35 @@ class Stream:
         run_id = str(uuid.uuid4())
         self.runs.append(run_id)
         subject = f"run:{run_id}"
+        rng = self.rng
         out = [
             ev("run.started", subject,
                {"name": f"trial-{len(self.runs)}", "experiment": "sweep",
-                "code": {"git_repo": "git@x:churn.git", "git_commit": f"{self.rng.getrandbits(40):010x}"},
-                "environment": {"python_version": "3.11.7", "host": f"gpu-{self.rng.randint(1, 8)}"}},
+                "code": {"git_repo": "git@x:churn.git", "git_commit": f"{rng.getrandbits(40):010x}"},
+                "environment": {"python_version": "3.11.7", "host": f"gpu-{rng.randint(1, 8)}"}},
                when=self._tick()),
             ev("run.params.logged", subject,
-               {"params": {"lr": self.rng.choice([0.3, 0.1, 0.03]), "depth": self.rng.randint(2, 12)}},
+               {"params": {"lr": rng.choice([0.3, 0.1, 0.03]), "depth": rng.randint(2, 12)}},
                when=self._tick()),
-            ev("run.tags.set", subject, {"tags": {"team": "growth", "seed": str(self.rng.randint(0, 99))}},
+            ev("run.tags.set", subject, {"tags": {"team": "growth", "seed": str(rng.randint(0, 99))}},
                when=self._tick()),
         ]  # fmt: skip
         out += [self._metrics(run_id) for _ in range(metric_events)]
-        if self.rng.random() < 0.2:
+        if rng.random() < 0.2:
             finished = {"status": "failed", "error": {"type": "ValueError", "message": "bad shape"}}
         else:
             finished = {"status": "completed"}
         out.append(ev("run.finished", subject, finished, when=self._tick()))
+        if rng.random() < 0.1:
+            out.append(
+                ev("subject.redacted", subject, {"reason": "GDPR", "fields": ["environment.host"]},
+                   when=self._tick())
+            )  # fmt: skip
         return out
 
     def _model(self, new_runs: list[str]) -> list[dict[str, Any]]:
-        """Versions trained by some of the new runs, reviews, alias moves, deployments."""
+        """Versions trained by some of the new runs, reviews, alias moves (one of them recorded
+        late, so it corrects the past), deployments."""
         subject = f"model:{MODEL}"
         out: list[dict[str, Any]] = []
         if self.model_versions == 0:
@@ -120,19 +143,15 @@ class Stream:
                    when=self._tick())
             )  # fmt: skip
             if v % 3:
-                past = at(self.day - 0.005)  # recorded late: corrects a stretch of the past
-                out.append(
+                past = at(self.day - 0.005)
+                out += [
                     ev("model.alias.set", subject, {"alias": "production", "version": v},
                        when=self._tick()),
-                )  # fmt: skip
-                out.append(
-                    ev("model.alias.set", subject, {"alias": "champion", "version": v}, when=past)
-                )
-                out.append(
+                    ev("model.alias.set", subject, {"alias": "champion", "version": v}, when=past),
                     ev("model.version.deployed", subject,
                        {"version": v, "environment": "prod", "target": "k8s/churn"},
-                       when=self._tick())
-                )  # fmt: skip
+                       when=self._tick()),
+                ]  # fmt: skip
         out.append(ev("model.alias.removed", subject, {"alias": "staging"}, when=self._tick()))
         if new_runs:
             out.append(
@@ -142,14 +161,13 @@ class Stream:
         return out
 
     def chunk(self, runs: int, metric_events: int, late_metrics: int = 0) -> list[dict[str, Any]]:
-        """New runs, model activity and late metrics of earlier runs, interleaved (each subject's
-        events stay in order, so they stay in order in their partition too)."""
+        """New runs, model activity and late metrics of earlier runs, interleaved at random. Each
+        subject's events keep their order, so they keep it in their partition too."""
         earlier = list(self.runs)
         lanes = [self._run(metric_events) for _ in range(runs)]
         lanes.append(self._model(self.runs[len(earlier) :]))
-        lanes += [
-            [self._metrics(self.rng.choice(earlier))] for _ in range(late_metrics if earlier else 0)
-        ]
+        if earlier:
+            lanes += [[self._metrics(self.rng.choice(earlier))] for _ in range(late_metrics)]
         out: list[dict[str, Any]] = []
         while lanes:
             lane = self.rng.choice(lanes)
@@ -160,7 +178,7 @@ class Stream:
         return out
 
 
-# ------------------------------------------------------------------------------ the process
+# --------------------------------------------------------------------------------- the process
 
 
 def _command() -> list[str]:
@@ -170,8 +188,22 @@ def _command() -> list[str]:
     return [sys.executable, "-m", "studbook_server.cli", "projector"]
 
 
+def _env(url: str, bootstrap: str, topic: str, group: str, batch: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        STUDBOOK_DATABASE_URL=url,
+        STUDBOOK_KAFKA_BOOTSTRAP=bootstrap,
+        STUDBOOK_EVENTS_TOPIC=topic,
+        STUDBOOK_CONSUMER_GROUP=group,
+        STUDBOOK_BATCH_MAX_RECORDS=str(batch),
+        STUDBOOK_BATCH_TIMEOUT_MS="100",
+        STUDBOOK_LOG_LEVEL="INFO",
+    )
+    return env
+
+
 class Projector:
-    """One `studbook-server projector` process; its stdout and stderr go to a log file."""
+    """One `studbook-server projector` process; its stderr (and stdout) go to a log file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
@@ -188,79 +220,81 @@ class Projector:
     def exited(self) -> bool:
         return self.proc.poll() is not None
 
+    def output(self) -> str:
+        return self.log.read_bytes().decode(errors="replace")
+
     def tail(self, chars: int = 4000) -> str:
-        self._out.flush()
-        text = self.log.read_bytes()[-chars:].decode(errors="replace")
-        return f"--- {self.log.name} (exit code {self.proc.poll()}) ---\n{text}"
+        return f"--- {self.log} (exit code {self.proc.poll()}) ---\n{self.output()[-chars:]}"
 
-    async def wait(self, timeout: float) -> int | None:
-        """The exit code, or None if the process still runs after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return self.proc.poll()
-
-    async def stop(self, sig: signal.Signals, timeout: float = 10.0) -> tuple[int | None, float]:
-        """Send ``sig``; return the exit code (None: still running after ``timeout``) and the
-        seconds it took to exit."""
+    async def stop(self, sig: signal.Signals, limit_s: float = 10.0) -> tuple[int | None, float]:
+        """Send ``sig``; return the exit code (None: still running after ``limit_s`` seconds) and
+        how long the process took to exit."""
         t0 = time.monotonic()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = await self.wait(timeout)
-        return code, time.monotonic() - t0
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.proc.wait, limit_s)
+        return self.proc.poll(), time.monotonic() - t0
 
     def close(self) -> None:
-        """Never leave a process behind, whatever the test did."""
+        """Leave no process behind, whatever happened in the test."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
         self._out.close()
 
 
-def _env(url: str, bootstrap: str, topic: str, group: str, batch: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        STUDBOOK_DATABASE_URL=url,
-        STUDBOOK_KAFKA_BOOTSTRAP=bootstrap,
-        STUDBOOK_EVENTS_TOPIC=topic,
-        STUDBOOK_CONSUMER_GROUP=group,
-        STUDBOOK_BATCH_MAX_RECORDS=str(batch),
-        STUDBOOK_BATCH_TIMEOUT_MS="100",
-        STUDBOOK_LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+async def _evict_dead_members(bootstrap: str, group: str) -> int:
+    """Send the LeaveGroup a SIGKILLed consumer could not send; return how many members left.
+
+    Kafka otherwise notices a dead member only when its session expires (10 s), and a restarted
+    projector gets no partitions until then. Call only while no projector of ``group`` runs.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        node = await admin.find_coordinator(group)
+        [described] = await admin.describe_consumer_groups([group], group_coordinator_id=node)
+        members = [m["member_id"] for g in described.to_object()["groups"] for m in g["members"]]
+        for member in members:
+            # The admin client has no call for this, but its request plumbing carries it.
+            response = await admin._send_request(LeaveGroupRequest(group, member), node)
+            assert response.error_code == 0, f"LeaveGroup for {member}: {response}"
+        return len(members)
+    finally:
+        await admin.close()
 
 
-# ------------------------------------------------------------------------------ observing it
+# ------------------------------------------------------------------------------- watching it
 
 
 @dataclass(frozen=True)
 class Snapshot:
     events: int
-    offsets: int  # sum of the stored next_offset over the partitions
+    offsets: int  # the stored next_offset, summed over the partitions: records consumed
     dead_letters: int
 
 
 class Watch:
-    """A plain connection (not named `studbook`, so it never counts as the projector's own)."""
+    """Observes the store through a plain connection (not named `studbook`, so it is never taken
+    for one of the projector's own)."""
 
     def __init__(self, con: asyncpg.Connection, group: str, topic: str) -> None:
         self.con, self.group, self.topic = con, group, topic
 
     async def snapshot(self) -> Snapshot:
-        # One statement, one MVCC snapshot: the three numbers are mutually consistent.
+        # One statement sees one MVCC snapshot: the three numbers are mutually consistent.
         row = await self.con.fetchrow(
             """SELECT (SELECT count(*) FROM public.events) AS events,
-                      (SELECT coalesce(sum(next_offset), 0) FROM public.consumer_offsets
+                      (SELECT coalesce(sum(next_offset), 0)::int8 FROM public.consumer_offsets
                         WHERE group_id = $1 AND topic = $2) AS offsets,
                       (SELECT count(*) FROM public.dead_letters) AS dead""",
             self.group, self.topic,
         )  # fmt: skip
         return Snapshot(row["events"], row["offsets"], row["dead"])
 
-    async def projector_backends(self, *, in_transaction: bool = False) -> int:
-        """The projector's connections to this database (optionally: only those in a transaction)."""
+    async def projector_sessions(self, *, in_transaction: bool = False) -> int:
+        """The projector's sessions on this database (optionally only those inside a transaction)."""
         n: int = await self.con.fetchval(
             """SELECT count(*) FROM pg_stat_activity
                WHERE datname = current_database() AND pid <> pg_backend_pid()
@@ -272,49 +306,44 @@ class Watch:
 
     async def until(
         self, what: str, check: Callable[[], Coroutine[Any, Any, bool]], proj: Projector | None,
-        timeout: float,
+        limit_s: float,
     ) -> None:  # fmt: skip
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         while not await check():
             if proj is not None and proj.exited():
-                raise AssertionError(
-                    f"the projector exited while waiting for {what}\n{proj.tail()}"
-                )
+                raise AssertionError(f"the projector exited while awaiting {what}\n{proj.tail()}")
             if time.monotonic() > deadline:
                 tail = proj.tail() if proj is not None else ""
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+                raise AssertionError(f"{what}: not within {limit_s}s\n{tail}")
             await asyncio.sleep(0.01)
 
-    async def progress_since(self, proj: Projector, before: int, timeout: float) -> None:
+    async def progress_since(self, proj: Projector, before: int, limit_s: float) -> None:
         async def advanced() -> bool:
             return (await self.snapshot()).offsets > before
 
-        # A restart after SIGKILL waits for Kafka to expire the dead member's session (10 s).
-        await self.until("the projector to store a batch", advanced, proj, timeout)
+        await self.until("the projector storing a batch", advanced, proj, limit_s)
 
-    async def open_transaction(self, timeout: float) -> bool:
+    async def open_transaction(self, limit_s: float) -> bool:
         """Wait (briefly) until the projector is inside a transaction; say whether it was."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            if await self.projector_backends(in_transaction=True):
+            if await self.projector_sessions(in_transaction=True):
                 return True
             await asyncio.sleep(0.002)
         return False
 
-    async def no_projector_backends(self, proj: Projector | None = None) -> None:
-        """After the process died, PostgreSQL ends its sessions (rolling back an open batch)."""
+    async def sessions_gone(self) -> None:
+        """Once the process is dead, PostgreSQL ends its sessions (rolling back an open batch)."""
 
         async def gone() -> bool:
-            return await self.projector_backends() == 0
+            return await self.projector_sessions() == 0
 
-        await self.until("the dead projector's sessions to end", gone, None, 10.0)
+        await self.until("the dead projector's sessions ending", gone, None, 10.0)
 
 
-async def _until_consumed(
-    proj: Projector, url: str, group: str, topic: str, total: int, limit_s: float
-) -> None:
+async def _until_consumed(proj: Projector, url: str, group: str, topic: str, total: int) -> None:
     """`wait_consumed`, failing at once (with the log) if the projector dies meanwhile."""
-    waiter = asyncio.create_task(wait_consumed(url, group, topic, total, limit_s))
+    waiter = asyncio.create_task(wait_consumed(url, group, topic, total, limit_s=60))
     try:
         while not waiter.done():
             if proj.exited():
@@ -341,10 +370,80 @@ async def _fresh(
     return url, topic, f"g-{uuid.uuid4().hex[:8]}"
 
 
-# ------------------------------------------------------------------------------ the tests
+async def _check_store(url: str, stream: Stream, group: str, topic: str, context: str) -> int:
+    """Everything produced is stored exactly once and projected once; return the event count."""
+    ids = stream.ids
+    assert len(ids) == len(stream.events), "the test produced an event id twice"
+    con = await postgres.connect(url)
+    try:
+        n, distinct, low, high = await con.fetchrow(
+            "SELECT count(*), count(DISTINCT event_id), min(position), max(position) FROM public.events"
+        )
+        assert (n, distinct) == (len(ids), len(ids)), (
+            f"{n} events ({distinct} distinct ids) stored, {len(ids)} produced\n{context}"
+        )
+        assert (low, high) == (1, n), f"positions are not 1..{n} but {low}..{high}\n{context}"
+        stored = {r[0] for r in await con.fetch("SELECT event_id::text FROM public.events")}
+        assert stored == ids, f"{len(ids - stored)} lost, {len(stored - ids)} unknown\n{context}"
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
+        offsets = await con.fetchval(
+            "SELECT sum(next_offset)::int8 FROM public.consumer_offsets WHERE group_id = $1 AND topic = $2",
+            group, topic,
+        )  # fmt: skip
+        assert offsets == n, f"stored offsets cover {offsets} records, {n} events stored"
+        assert await con.fetchval("SELECT position FROM checkpoint") == n
+
+        points, distinct_points = await con.fetchrow(
+            "SELECT count(*), count(DISTINCT (run_id, key, step)) FROM run_metric_points"
+        )
+        assert (points, distinct_points) == (stream.total_points, stream.total_points), (
+            f"{points} metric points ({distinct_points} distinct) stored, "
+            f"{stream.total_points} produced\n{context}"
+        )
+        summaries = {
+            (r["run_id"], r["key"]): r["points"]
+            for r in await con.fetch("SELECT run_id, key, points FROM run_metrics")
+        }
+        assert sum(summaries.values()) == stream.total_points, context
+        wrong = [
+            (k, summaries.get(k), v) for k, v in stream.points.items() if summaries.get(k) != v
+        ]
+        assert not wrong, f"run_metrics.points (run, key, stored, produced): {wrong[:5]}\n{context}"
+        assert await con.fetchval("SELECT count(*) FROM runs") == len(stream.runs)
+        assert await con.fetchval("SELECT count(*) FROM model_versions") == stream.model_versions
+
+        report = await postgres.verify(con)  # raises ChainBroken naming the first bad position
+        assert report.checked == n
+    finally:
+        await con.close()
+    return n
+
+
+# ----------------------------------------------------------------------------------- the tests
 
 KILLS = 5
+# Restarts that wait for Kafka to expire the killed member's session, as in production; before
+# the others the test sends the LeaveGroup the dead process could not (see _evict_dead_members).
+WAIT_FOR_SESSION_EXPIRY = frozenset({1})
 SEED = 20260301
+
+
+@dataclass(frozen=True)
+class Kill:
+    life: int
+    restart: str
+    alive_s: float
+    in_batch: bool
+    before: int  # records stored when this process started
+    after: int  # records stored once it was dead
+    total: int  # records in the topic at the kill
+
+    def __str__(self) -> str:
+        where = "inside a batch transaction" if self.in_batch else "between batches"
+        return (
+            f"kill {self.life} ({self.restart}): after {self.alive_s:.1f}s, {where}; "
+            f"records stored {self.before} -> {self.after} of {self.total}"
+        )
 
 
 async def test_sigkill_mid_batch_repeatedly_loses_and_duplicates_nothing(
@@ -359,43 +458,47 @@ async def test_sigkill_mid_batch_repeatedly_loses_and_duplicates_nothing(
 
     watch = Watch(await asyncpg.connect(url), group, topic)
     procs: list[Projector] = []
-    kills: list[str] = []  # one line per kill, for failure messages
+    kills: list[Kill] = []
+    history = ""
     try:
-        for life in range(KILLS):
+        for life in range(KILLS + 1):
+            if life == 0:
+                restart = "first start"
+            elif life in WAIT_FOR_SESSION_EXPIRY:
+                restart = "restart waits for Kafka's session expiry"
+            else:
+                evicted = await _evict_dead_members(services.kafka_bootstrap, group)
+                restart = f"dead member evicted ({evicted})"
             before = (await watch.snapshot()).offsets
             proj = Projector(env, tmp_path / f"projector-{life}.log")
             procs.append(proj)
-            await watch.progress_since(proj, before, timeout=30)
+            if life == KILLS:
+                break  # the last life runs to the end
+            await watch.progress_since(proj, before, limit_s=30)
             await asyncio.sleep(rng.uniform(0.05, 0.4))
-            in_batch = await watch.open_transaction(timeout=1.0)
+            in_batch = await watch.open_transaction(limit_s=1.0)
             code, _ = await proj.stop(signal.SIGKILL)
             assert code == -signal.SIGKILL, proj.tail()
-            await watch.no_projector_backends()
+            await watch.sessions_gone()
             snap = await watch.snapshot()
-            total = len(stream.events)
+            alive = time.monotonic() - proj.started
             kills.append(
-                f"kill {life}: after {time.monotonic() - proj.started:.1f}s, "
-                f"{'inside' if in_batch else 'between'} batches, {before} -> {snap.offsets} of "
-                f"{total} records stored"
+                Kill(life, restart, alive, in_batch, before, snap.offsets, len(stream.events))
             )
-            # Whatever the instant of death, what is stored is whole batches with their offsets.
-            assert snap.events == snap.offsets, "\n".join(kills) + f"\n{snap}\n{proj.tail()}"
+            history = "\n".join(map(str, kills))
+            # Whatever the instant of death, the store holds whole batches and their offsets.
+            assert snap.events == snap.offsets, f"{snap}\n{history}\n{proj.tail()}"
             assert snap.dead_letters == 0, proj.tail()
-            assert snap.offsets < total, (
-                "the projector finished before it was killed: the stream is too short to test "
-                "a crash mid-way\n" + "\n".join(kills)
+            assert before < snap.offsets < len(stream.events), (
+                f"kill {life} was not mid-stream (is the stream too short?)\n{history}"
             )
             if life in (1, 3):
                 # More events arrive while the projector is down.
                 await produce(kafka_producer, topic, stream.chunk(8, 40, late_metrics=20))
-        report = "\n".join(kills)
-        print(report)  # TEMP
-        assert sum("inside" in k for k in kills) >= 2, f"too few kills hit a batch:\n{report}"
+        assert sum(k.in_batch for k in kills) >= 2, f"too few kills hit a batch:\n{history}"
 
-        total = len(stream.events)
-        last = Projector(env, tmp_path / "projector-final.log")
-        procs.append(last)
-        await _until_consumed(last, url, group, topic, total, limit_s=60)
+        last = procs[-1]
+        await _until_consumed(last, url, group, topic, len(stream.events))
         code, took = await last.stop(signal.SIGTERM)
         assert code == 0, f"SIGTERM: exit code {code} after {took:.1f}s\n{last.tail()}"
     finally:
@@ -403,55 +506,64 @@ async def test_sigkill_mid_batch_repeatedly_loses_and_duplicates_nothing(
         for p in procs:
             p.close()
 
-    ids = {e["event_id"] for e in stream.events}
-    assert len(ids) == len(stream.events)
-    con = await postgres.connect(url)
-    try:
-        n, distinct, low, high = await con.fetchrow(
-            "SELECT count(*), count(DISTINCT event_id), min(position), max(position) FROM public.events"
-        )
-        assert (n, distinct) == (len(ids), len(ids)), report
-        assert (low, high) == (1, n), f"positions are not 1..{n}: {low}..{high}"
-        stored = {r[0] for r in await con.fetch("SELECT event_id::text FROM public.events")}
-        assert stored == ids, (
-            f"{len(ids - stored)} lost, {len(stored - ids)} unknown event ids\n{report}"
-        )
-        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
-        assert (await watch_offsets(con, group, topic)) == total
-
-        points, distinct_points = await con.fetchrow(
-            """SELECT count(*), count(DISTINCT (run_id, key, step)) FROM run_metric_points"""
-        )
-        assert (points, distinct_points) == (stream.total_points, stream.total_points), report
-        summaries = {
-            (r["run_id"], r["key"]): r["points"]
-            for r in await con.fetch("SELECT run_id, key, points FROM run_metrics")
-        }
-        assert sum(summaries.values()) == stream.total_points
-        wrong = {
-            k: (summaries.get(k), v) for k, v in stream.points.items() if summaries.get(k) != v
-        }
-        assert not wrong, f"run_metrics.points (stored, produced) differ: {list(wrong.items())[:5]}"
-        assert await con.fetchval("SELECT count(*) FROM runs") == len(stream.runs)
-        assert await con.fetchval("SELECT count(*) FROM model_versions") == stream.model_versions
-        report_verify = await postgres.verify(con)
-        assert report_verify.checked == n
-        checkpoint = await con.fetchval("SELECT position FROM checkpoint")
-        assert checkpoint == n
-    finally:
-        await con.close()
-
+    n = await _check_store(url, stream, group, topic, history)
     projected = await dump_read_models(url)
     assert await rebuild(url) == n
-    rebuilt = await dump_read_models(url)
-    assert projected.keys() == rebuilt.keys()
-    differ = [t for t in projected if projected[t] != rebuilt[t]]
-    assert not differ, f"read models differ from a clean rebuild in {differ}\n{report}"
+    assert_same_read_models(projected, await dump_read_models(url))
 
 
-async def watch_offsets(con: asyncpg.Connection, group: str, topic: str) -> int:
-    n: int = await con.fetchval(
-        "SELECT coalesce(sum(next_offset), 0) FROM public.consumer_offsets WHERE group_id = $1 AND topic = $2",
-        group, topic,
-    )  # fmt: skip
-    return n
+_STOPPED = re.compile(r"projector stopped: Stats\((.*)\)")
+
+
+async def test_sigterm_while_consuming_finishes_the_batch_and_exits_0(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer, tmp_path: Path,
+) -> None:  # fmt: skip
+    rng = random.Random(SEED + 1)
+    url, topic, group = await _fresh(services, database_factory, topic_factory)
+    stream = Stream(rng)
+    await produce(kafka_producer, topic, stream.chunk(runs=16, metric_events=30))
+    total = len(stream.events)
+    env = _env(url, services.kafka_bootstrap, topic, group, batch=100)
+
+    watch = Watch(await asyncpg.connect(url), group, topic)
+    procs: list[Projector] = []
+    try:
+        proj = Projector(env, tmp_path / "projector-0.log")
+        procs.append(proj)
+        await watch.progress_since(proj, 0, limit_s=30)
+        await asyncio.sleep(rng.uniform(0.05, 0.2))
+        in_batch = await watch.open_transaction(limit_s=1.0)
+        code, took = await proj.stop(signal.SIGTERM)
+        assert (code, took < 5) == (0, True), (
+            f"SIGTERM {'inside' if in_batch else 'between'} batches: exit code {code} after "
+            f"{took:.1f}s\n{proj.tail()}"
+        )
+        await watch.sessions_gone()
+        snap = await watch.snapshot()
+        assert snap.events == snap.offsets, f"{snap}\n{proj.tail()}"
+        assert snap.dead_letters == 0, proj.tail()
+        assert 0 < snap.offsets < total, f"SIGTERM was not mid-stream: {snap}, {total} records"
+        # The batch in hand was stored before exiting: every record the process took was stored.
+        found = _STOPPED.search(proj.output())
+        assert found, f"no final stats logged\n{proj.tail()}"
+        stats = dict(kv.split("=") for kv in found.group(1).split(", "))
+        assert int(stats["records"]) == int(stats["appended"]) == snap.events, (
+            f"{stats}, {snap}\n{proj.tail()}"
+        )
+
+        # A graceful stop leaves the consumer group: a restart resumes at once, with no session
+        # to expire (that would take 10 s), and at the stored offsets.
+        again = Projector(env, tmp_path / "projector-1.log")
+        procs.append(again)
+        t0 = time.monotonic()
+        await _until_consumed(again, url, group, topic, total)
+        assert time.monotonic() - t0 < 6, f"the restart took {time.monotonic() - t0:.1f}s"
+        code, took = await again.stop(signal.SIGTERM)
+        assert code == 0, f"SIGTERM: exit code {code} after {took:.1f}s\n{again.tail()}"
+    finally:
+        await watch.con.close()
+        for p in procs:
+            p.close()
+
+    await _check_store(url, stream, group, topic, "")

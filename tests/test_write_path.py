@@ -195,6 +195,8 @@ async def test_poison_events_are_dead_lettered_and_the_rest_applied(
         nul,
         ev("run.metrics.logged", "run:p", {"metrics": [{"key": "loss", "value": 0.5, "step": 1}]}),
         ev("run.finished", "run:p", {"status": "completed"}),
+        # A backslash followed by "u0000" is text, not a NUL: it must be applied.
+        ev("annotation.added", "run:p", {"text": "C:\\u0000dir"}),
     ]
     url = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
     con = await postgres.connect(url)
@@ -218,6 +220,7 @@ async def test_poison_events_are_dead_lettered_and_the_rest_applied(
         run = await con.fetchrow("SELECT status FROM runs WHERE run_id = 'p'")
         assert run["status"] == "completed"
         assert await con.fetchval("SELECT value FROM run_metrics WHERE run_id = 'p'") == 0.5
+        assert await con.fetchval("SELECT text FROM annotations") == "C:\\u0000dir"
     finally:
         await con.close()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class Decoded:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
+# `\u0000` preceded by an even number of backslashes (an escaped backslash then "u0000" is fine).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
     """One Kafka record's value -> a validated event, or a dead letter saying what is wrong."""
     try:
@@ -73,7 +78,7 @@ def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
     if violations:
         reason = "; ".join(f"{v.path or '/'}: {v.message}" for v in violations[:20])
         return DeadLetter(event_id, source, f"invalid event: {reason}", raw)
-    if b"\\u0000" in raw:
+    if b"u0000" in raw and _ESCAPED_NUL.search(raw):
         # PostgreSQL's text and jsonb cannot hold NUL; storing it would fail the whole batch.
         return DeadLetter(
             event_id, source, "contains a NUL character (\\u0000), which cannot be stored", raw
@@ -235,6 +240,11 @@ class KafkaProjector:
                 asyncpg.exceptions.InvalidCachedStatementError,
             ) as exc:
                 # Nothing was committed: retry the same batch (never skip it) with back-off.
+                if self._stopping.is_set():
+                    # Stopping without storing is safe: the offsets were not stored either, so
+                    # the next projector starts from this batch again.
+                    log.warning("%s: stopping with an unstored batch (%s)", self.name, exc)
+                    return
                 self.stats.retries += 1
                 log.warning(
                     "%s: storing a batch failed (%s); retrying in %.1fs", self.name, exc, delay
@@ -286,21 +296,30 @@ async def run_projector(settings: Settings | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
     async with postgres_pool(settings) as pool:
+        if stop_requested.is_set():
+            return 0
         async with pool.acquire() as con:
             await postgres.migrate(con)
         runner: KafkaProjector | StoreTailer
         runner = KafkaProjector(settings, pool) if not settings.embedded else StoreTailer(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            # Finish the batch in hand, commit, then exit.
-            loop.add_signal_handler(sig, runner.stop)
+        # Finish the batch in hand, commit, then exit.
+        loop.create_task(_forward_stop(stop_requested, runner))  # noqa: RUF006 - ends with the loop
         try:
             await runner.run()
         except KafkaError as exc:
             log.error("Kafka failed: %s", exc)
             return 1
     return 0
+
+
+async def _forward_stop(requested: asyncio.Event, runner: KafkaProjector | StoreTailer) -> None:
+    await requested.wait()
+    runner.stop()
 
 
 class postgres_pool:

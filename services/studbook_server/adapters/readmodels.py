@@ -299,10 +299,12 @@ async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reas
                  AND payload #> $1::text[] IS NOT NULL""",
             path, e.project, e.subject, e.event_id, s.position,
         )  # fmt: skip
-    # Counted, not summed from the updates: a rebuild replays over already-redacted rows.
+    # The events it covers (the subject's earlier events), not the rows an UPDATE touched: on a
+    # rebuild the rows are already redacted, and the count must come out the same.
     count = await con.fetchval(
-        "SELECT count(*) FROM public.events WHERE redacted_by = $1::uuid", e.event_id
-    )
+        "SELECT count(*) FROM public.events WHERE project = $1 AND subject = $2 AND position < $3",
+        e.project, e.subject, s.position,
+    )  # fmt: skip
     await con.execute(
         """INSERT INTO redactions (event_id, project, subject, fields, reason, redacted_by,
                                    redacted_at, events_redacted)
