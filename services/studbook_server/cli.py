@@ -59,6 +59,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return serve("up", host=args.host, port=args.port)
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    from studbook_server.tokens_cli import token_main
+
+    code: int = asyncio.run(token_main(args))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studbook-server",
@@ -85,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
     add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")
     add("rebuild", _cmd_rebuild, "replay the event store into fresh read models and swap them in")
+    token = add("token", _cmd_token, "create, list and revoke API tokens")
+    tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="create a token and print it (shown once)")
+    create.add_argument("--name", required=True, help="who or what uses it, e.g. ci-training")
+    create.add_argument(
+        "--scopes", default="read,write", help="comma-separated: read, write, admin (%(default)s)"
+    )
+    create.add_argument(
+        "--projects", default="*", help="comma-separated project names, or * for all (%(default)s)"
+    )
+    tsub.add_parser("list", help="list tokens (never their secrets)")
+    revoke = tsub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
     return parser
 
 

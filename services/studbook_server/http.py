@@ -1,5 +1,12 @@
-"""HTTP services. The GraphQL API and the ingest gateway mount their routes here; until they do,
-each serves its health endpoints so deployments can be wired and probed."""
+"""The HTTP side: one Starlette app per role, composed here.
+
+- `ingest`: the gateway (`/v1/events`, `/v1/consistency`), publishing to Kafka.
+- `api`: the GraphQL API.
+- `up`: everything in one process on the embedded default: the gateway appends to the event store,
+  a background tailer projects it, and the API reads it (no Kafka).
+
+Every role serves `/healthz` (process up), `/readyz` (dependencies reachable) and `/metrics`.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +14,82 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
+from studbook_server import ingest
 from studbook_server.adapters import postgres
+from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePublisher
 from studbook_server.config import Settings, load_settings
+from studbook_server.errors import ConfigError
 from studbook_server.projector import StoreTailer
 
 log = logging.getLogger(__name__)
 
+ROLES = ("api", "ingest", "up")
+
+
+@dataclass
+class _Running:
+    """What the lifespan starts; routes reach it through `current()`."""
+
+    pool: postgres.Pool | None = None
+    publisher: Publisher | None = None
+    gateway: ingest.Gateway | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
 
 def build_app(role: str, settings: Settings) -> Starlette:
-    """The HTTP app for ``role``: `api`, `ingest`, or `up` (everything in one process, which
-    also migrates the database and projects the event store in the background)."""
-    pool: list[postgres.Pool] = []
+    """The HTTP app for ``role`` (see the module docstring)."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if role == "ingest" and settings.embedded:
+        raise ConfigError(
+            "the `ingest` role publishes to Kafka: set STUDBOOK_KAFKA_BOOTSTRAP (or use `up`)"
+        )
+    registry = CollectorRegistry()
+    metrics = ingest.GatewayMetrics(registry)
+    running = _Running()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool.append(await postgres.create_pool(settings.database_url))
+        pool = await postgres.create_pool(settings.database_url)
+        running.pool = pool
         tailer: StoreTailer | None = None
-        task: asyncio.Task[None] | None = None
-        if role == "up":
-            async with pool[0].acquire() as con:
-                await postgres.migrate(con)
-            tailer = StoreTailer(settings)
-            task = asyncio.create_task(tailer.run())
+        kafka: KafkaPublisher | None = None
         try:
+            async with pool.acquire() as con:
+                await postgres.migrate(con)
+            if role in ("ingest", "up"):
+                if settings.embedded:
+                    running.publisher = StorePublisher(pool)
+                else:
+                    assert settings.kafka_bootstrap is not None
+                    kafka = KafkaPublisher(settings.kafka_bootstrap, settings.events_topic)
+                    await kafka.start()
+                    running.publisher = kafka
+                running.gateway = ingest.Gateway(settings, pool, running.publisher, metrics)
+            if role == "up" and settings.embedded:
+                tailer = StoreTailer(settings)
+                running.background.append(asyncio.create_task(tailer.run()))
             yield
         finally:
-            if tailer is not None and task is not None:
+            if tailer is not None:
                 tailer.stop()
-                await task
-            await pool[0].close()
+            await asyncio.gather(*running.background)
+            if kafka is not None:
+                await kafka.stop()
+            await pool.close()
+
+    def current_gateway() -> ingest.Gateway:
+        assert running.gateway is not None, "the app's lifespan has not started"
+        return running.gateway
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "service": role})
@@ -50,17 +97,29 @@ def build_app(role: str, settings: Settings) -> Starlette:
     async def readyz(request: Request) -> JSONResponse:
         checks: dict[str, str] = {}
         try:
-            await pool[0].fetchval("SELECT 1")
+            assert running.pool is not None
+            await running.pool.fetchval("SELECT 1")
             checks["postgres"] = "ok"
         except (OSError, asyncpg.PostgresError) as exc:
             checks["postgres"] = f"unreachable: {exc}"
+        if isinstance(running.publisher, KafkaPublisher):
+            checks["kafka"] = await running.publisher.problem() or "ok"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},
             status_code=200 if ok else 503,
         )
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ]
+    if role in ("ingest", "up"):
+        routes += ingest.routes(current_gateway)
     return Starlette(routes=routes, lifespan=lifespan)
 
 
@@ -68,12 +127,19 @@ def serve(role: str, *, host: str, port: int) -> int:
     import uvicorn
 
     settings = load_settings()
+    logging.basicConfig(level=settings.log_level)
     if role == "up":
+        auth = (
+            "off (STUDBOOK_AUTH_DISABLED)"
+            if settings.auth_disabled
+            else ("on: create a token with `studbook-server token create`")
+        )
         print(
-            f"Studbook is up (embedded mode: the event store is the transport)\n"
-            f"  health:    http://{host}:{port}/healthz\n"
-            f"  readiness: http://{host}:{port}/readyz\n"
-            f"  database:  {settings.database_url}",
+            f"Studbook is up ({'embedded mode: the event store is the transport' if settings.embedded else 'Kafka mode'})\n"
+            f"  events:    POST http://{host}:{port}/v1/events\n"
+            f"  health:    http://{host}:{port}/healthz  http://{host}:{port}/readyz\n"
+            f"  metrics:   http://{host}:{port}/metrics\n"
+            f"  auth:      {auth}",
             flush=True,
         )
     uvicorn.run(

@@ -1,0 +1,91 @@
+"""Where accepted events go: Kafka (deployment) or straight into the event store (embedded)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from studbook_server.adapters import postgres
+from studbook_server.adapters.postgres import Incoming
+from studbook_server.consistency import KafkaToken, StoreToken, Token
+from studbook_server.errors import StudbookError
+
+
+class PublishUnavailable(StudbookError):
+    """The transport could not take the events; nothing was acknowledged (clients retry)."""
+
+
+class Publisher(Protocol):
+    async def publish(self, events: Sequence[Incoming]) -> Token: ...
+
+    async def problem(self) -> str | None:
+        """None when the transport is reachable, else what is wrong."""
+
+
+class StorePublisher:
+    """Embedded mode: append to the event store; the tailer projects from there."""
+
+    def __init__(self, pool: postgres.Pool) -> None:
+        self.pool = pool
+
+    async def publish(self, events: Sequence[Incoming]) -> Token:
+        try:
+            async with self.pool.acquire() as con, con.transaction():
+                stored = await postgres.append(con, events)
+                position = stored[-1].position if stored else await postgres.head_position(con)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise PublishUnavailable(f"the event store is unreachable: {exc}") from exc
+        return StoreToken(position)
+
+    async def problem(self) -> str | None:
+        return None  # the pool's own check covers it
+
+
+class KafkaPublisher:
+    """Deployment: produce to the events topic (idempotent producer, acks=all, key = subject)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.bootstrap = bootstrap
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=8 * 1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def publish(self, events: Sequence[Incoming]) -> Token:
+        try:
+            futures = [
+                await self.producer.send(
+                    self.topic, orjson.dumps(i.doc), key=i.event.subject.encode()
+                )
+                for i in events
+            ]
+            sent = await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise PublishUnavailable(f"Kafka did not acknowledge the events: {exc}") from exc
+        offsets: dict[int, int] = {}
+        for meta in sent:
+            offsets[meta.partition] = max(offsets.get(meta.partition, -1), meta.offset)
+        return KafkaToken(self.topic, offsets)
+
+    async def problem(self) -> str | None:
+        try:
+            await asyncio.wait_for(self.producer.client.force_metadata_update(), 3)
+        except (KafkaError, TimeoutError) as exc:
+            return f"unreachable: {exc!r}"
+        return None

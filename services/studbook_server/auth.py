@@ -1,0 +1,113 @@
+"""API tokens: `sbk_<id>_<secret>`, stored as SHA-256, carrying scopes and a project list.
+
+Scopes: `read` (queries), `write` (send events, run mutations), `admin` (everything, and tokens).
+`admin` implies the others; a project list of `*` means every project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from studbook_server.adapters.postgres import Connection, Pool
+
+SCOPES = ("read", "write", "admin")
+PREFIX = "sbk_"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a token's name, scopes and projects (or everyone, with auth disabled)."""
+
+    name: str
+    scopes: frozenset[str]
+    projects: frozenset[str]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+    def may_access(self, project: str) -> bool:
+        return "*" in self.projects or project in self.projects
+
+
+ANONYMOUS_ADMIN = Principal("auth-disabled", frozenset(SCOPES), frozenset({"*"}))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token_id: str
+    name: str
+    scopes: tuple[str, ...]
+    projects: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh (token_id, token)."""
+    token_id = secrets.token_hex(6)
+    return token_id, f"{PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+
+
+async def create_token(
+    con: Connection, name: str, scopes: list[str], projects: list[str]
+) -> tuple[str, str]:
+    bad = sorted(set(scopes) - set(SCOPES))
+    if bad or not scopes:
+        raise ValueError(
+            f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}"
+        )
+    if not projects:
+        raise ValueError("give at least one project, or `*` for every project")
+    token_id, token = new_token()
+    await con.execute(
+        "INSERT INTO public.api_tokens (token_id, name, token_hash, scopes, projects) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        token_id, name, hash_token(token), sorted(set(scopes)), sorted(set(projects)),
+    )  # fmt: skip
+    return token_id, token
+
+
+async def revoke_token(con: Connection, token_id: str) -> bool:
+    status = await con.execute(
+        "UPDATE public.api_tokens SET revoked_at = now() WHERE token_id = $1 AND revoked_at IS NULL",
+        token_id,
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def list_tokens(con: Connection) -> list[TokenInfo]:
+    rows = await con.fetch(
+        "SELECT token_id, name, scopes, projects, created_at, revoked_at FROM public.api_tokens "
+        "ORDER BY created_at"
+    )
+    return [TokenInfo(r[0], r[1], tuple(r[2]), tuple(r[3]), r[4], r[5]) for r in rows]
+
+
+async def authenticate(pool: Pool, header: str | None) -> Principal | None:
+    """The principal for an `Authorization` header, or None if it is missing, malformed,
+    unknown or revoked."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(PREFIX):
+        return None
+    try:
+        row = await pool.fetchrow(
+            "SELECT name, scopes, projects FROM public.api_tokens "
+            "WHERE token_hash = $1 AND revoked_at IS NULL",
+            hash_token(token.strip()),
+        )
+    except asyncpg.UndefinedTableError:  # pragma: no cover - migrations run at start-up
+        return None
+    if row is None:
+        return None
+    return Principal(row["name"], frozenset(row["scopes"]), frozenset(row["projects"]))

@@ -1,0 +1,204 @@
+"""The ingest gateway: `POST /v1/events` and the consistency check `GET /v1/consistency`.
+
+A request carries one event (a JSON object), a JSON array of events, or NDJSON
+(`Content-Type: application/x-ndjson`). Every event is validated before any is published: one
+invalid event rejects the whole request with 422 and the list of problems, so a client never has to
+work out which half of a batch went through.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from studbook_server import auth
+from studbook_server.adapters.postgres import Incoming, Pool
+from studbook_server.adapters.publish import Publisher, PublishUnavailable
+from studbook_server.config import Settings
+from studbook_server.consistency import BadToken, caught_up, decode
+from studbook_server.domain.contract import Violation, event_from_dict, validate_event
+
+# `\u0000` preceded by an even number of backslashes: a NUL that PostgreSQL cannot store.
+ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "studbook_http_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=registry,
+        )  # fmt: skip
+        self.accepted = Counter(
+            "studbook_events_accepted", "Events accepted by the gateway", registry=registry
+        )
+        self.rejected = Counter(
+            "studbook_events_rejected", "Events refused as invalid (422)", registry=registry
+        )
+        self.publish_seconds = Histogram(
+            "studbook_publish_seconds", "Time to publish an accepted request's events",
+            registry=registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    pool: Pool
+    publisher: Publisher
+    metrics: GatewayMetrics
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes, content_type: str) -> list[Any] | Violation:
+    if "ndjson" in content_type or "jsonlines" in content_type:
+        docs: list[Any] = []
+        for index, line in enumerate(ln for ln in body.splitlines() if ln.strip()):
+            try:
+                docs.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                return Violation(index, "", f"line {index + 1} is not valid JSON: {exc}")
+        return docs
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return Violation(0, "", f"the body is not valid JSON: {exc}")
+    if isinstance(doc, list):
+        return doc
+    return [doc]
+
+
+def _nul_paths(node: Any, path: str = "") -> Iterator[str]:
+    if isinstance(node, str):
+        if "\x00" in node:
+            yield path
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if "\x00" in k:
+                yield f"{path}/{k}"
+            yield from _nul_paths(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _nul_paths(v, f"{path}/{i}")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _principal(gw: Gateway, request: Request) -> auth.Principal | None:
+    if gw.settings.auth_disabled:
+        return auth.ANONYMOUS_ADMIN
+    return await auth.authenticate(gw.pool, request.headers.get("authorization"))
+
+
+def routes(current: Callable[[], Gateway]) -> list[Route]:
+    """The gateway's routes; ``current`` returns the gateway built in the app's lifespan."""
+
+    async def post_events(request: Request) -> Response:
+        gw = current()
+        response = await _post_events(gw, request)
+        gw.metrics.requests.labels("/v1/events", str(response.status_code)).inc()
+        return response
+
+    async def get_consistency(request: Request) -> Response:
+        gw = current()
+        principal = await _principal(gw, request)
+        if principal is None:
+            return _error(
+                401, "missing or invalid bearer token: send `Authorization: Bearer sbk_...`"
+            )
+        text = request.query_params.get("token", "")
+        try:
+            token = decode(text)
+        except BadToken as exc:
+            return _error(400, str(exc))
+        done = await caught_up(gw.pool, token, gw.settings.consumer_group)
+        return JSONResponse({"token": text, "caught_up": done})
+
+    return [
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/consistency", get_consistency, methods=["GET"]),
+    ]
+
+
+async def _post_events(gw: Gateway, request: Request) -> Response:
+    principal = await _principal(gw, request)
+    if principal is None:
+        return _error(401, "missing or invalid bearer token: send `Authorization: Bearer sbk_...`")
+    if not principal.has_scope("write"):
+        return _error(403, f"token `{principal.name}` lacks the `write` scope")
+    try:
+        body = await _read_body(request, gw.settings.max_body_bytes)
+    except _TooLarge:
+        return _error(
+            413,
+            f"request body exceeds {gw.settings.max_body_bytes} bytes: send smaller batches "
+            "(STUDBOOK_MAX_BODY_BYTES sets the limit)",
+        )
+    parsed = _parse(body, request.headers.get("content-type", ""))
+    if isinstance(parsed, Violation):
+        return _invalid(gw, [parsed], 1)
+    if not parsed:
+        return _invalid(gw, [Violation(0, "", "no events in the request")], 0)
+    violations: list[Violation] = []
+    for index, doc in enumerate(parsed):
+        violations.extend(validate_event(doc, index))
+    if not violations and ESCAPED_NUL.search(body):
+        for index, doc in enumerate(parsed):
+            for path in _nul_paths(doc):
+                violations.append(
+                    Violation(index, path, "must not contain a NUL character (\\u0000)")
+                )
+    if violations:
+        return _invalid(gw, violations, len(parsed))
+    forbidden = sorted({d["project"] for d in parsed if not principal.may_access(d["project"])})
+    if forbidden:
+        return _error(
+            403, f"token `{principal.name}` may not write to project(s) {', '.join(forbidden)}"
+        )
+    incoming = [Incoming(doc, event_from_dict(doc, i)) for i, doc in enumerate(parsed)]
+    started = time.perf_counter()
+    try:
+        token = await gw.publisher.publish(incoming)
+    except PublishUnavailable as exc:
+        return _error(503, f"{exc}; nothing was accepted, retry later")
+    gw.metrics.publish_seconds.observe(time.perf_counter() - started)
+    gw.metrics.accepted.inc(len(incoming))
+    return JSONResponse(
+        {"accepted": [i.event.event_id for i in incoming], "consistency_token": token.encode()},
+        status_code=202,
+    )
+
+
+def _invalid(gw: Gateway, violations: list[Violation], events: int) -> JSONResponse:
+    gw.metrics.rejected.inc(events)
+    return JSONResponse(
+        {"errors": [{"index": v.index, "path": v.path, "message": v.message} for v in violations]},
+        status_code=422,
+    )
