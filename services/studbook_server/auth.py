@@ -76,6 +76,14 @@ async def create_token(
     return token_id, token
 
 
+async def token_is_active(con: Connection, token: str) -> bool:
+    found = await con.fetchval(
+        "SELECT 1 FROM public.api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash_token(token),
+    )
+    return found is not None
+
+
 async def revoke_token(con: Connection, token_id: str) -> bool:
     status = await con.execute(
         "UPDATE public.api_tokens SET revoked_at = now() WHERE token_id = $1 AND revoked_at IS NULL",

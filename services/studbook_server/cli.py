@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,9 +55,15 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from studbook_server.http import serve
+    from studbook_server.embedded import run_up
 
-    return serve("up", host=args.host, port=args.port)
+    return run_up(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        throwaway=args.throwaway,
+        pg_port=args.pg_port,
+    )
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -88,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"
         )
         p.add_argument("--port", type=int, default=port, help="port to bind (default: %(default)s)")
+    up = sub.choices["up"]
+    up.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="where the embedded PostgreSQL keeps its data (default: STUDBOOK_DATA_DIR, else "
+        "~/.local/share/studbook; /var/lib/studbook as root)",
+    )  # fmt: skip
+    up.add_argument(
+        "--throwaway", action="store_true", help="use a temporary database, deleted on exit"
+    )
+    up.add_argument(
+        "--pg-port", type=int, default=15433,
+        help="port of the embedded PostgreSQL on 127.0.0.1 (default: %(default)s)",
+    )  # fmt: skip
     add("projector", _cmd_projector, "consume events from Kafka into the PostgreSQL read models")
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
     add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")
@@ -109,9 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from studbook_server.errors import StudbookError
+
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except StudbookError as exc:
+        print(f"studbook-server {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

