@@ -73,6 +73,20 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from studbook_server.transfer import export_main
+
+    code: int = asyncio.run(export_main(args.out))
+    return code
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from studbook_server.transfer import import_main
+
+    code: int = asyncio.run(import_main(args.file))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studbook-server",
@@ -112,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
     add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")
     add("rebuild", _cmd_rebuild, "replay the event store into fresh read models and swap them in")
+    export = add("export-events", _cmd_export, "write the event store as NDJSON (a backup)")
+    export.add_argument("--out", default=None, help="file to write (default: standard output)")
+    imp = add("import-events", _cmd_import, "append the events of an NDJSON export (idempotent)")
+    imp.add_argument("file", help="an NDJSON file written by export-events")
     token = add("token", _cmd_token, "create, list and revoke API tokens")
     tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = tsub.add_parser("create", help="create a token and print it (shown once)")

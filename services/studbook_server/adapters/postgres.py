@@ -123,6 +123,8 @@ class Incoming:
 
     doc: dict[str, Any]
     event: Event
+    # Set only by `import-events`, which restores another store's history as it was recorded.
+    recorded_at: datetime | None = None
 
 
 _APPEND_HEAD = """
@@ -192,7 +194,7 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
             "subject_seq": seq,
             "actor": e.actor,
             "occurred_at": e.occurred_at,
-            "recorded_at": recorded_at,
+            "recorded_at": item.recorded_at or recorded_at,
             "correlation_id": e.correlation_id,
             "causation_id": e.causation_id,
             "producer": e.producer,
@@ -201,7 +203,7 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
         content = chain.content_hash(**fields)
         previous = chain.link(previous, content)
         rows.append((*fields.values(), content, previous))
-        stored.append(StoredEvent(e, position, recorded_at))
+        stored.append(StoredEvent(e, position, fields["recorded_at"]))
     await con.copy_records_to_table(
         "events", schema_name="public", records=rows, columns=EVENT_COLUMNS
     )

@@ -1,0 +1,156 @@
+"""`export-events` / `import-events`: the event store as NDJSON, for backups and migrations.
+
+Each line is an event's wire envelope as stored (its own schema version, redactions applied) plus
+the store's `recorded_at` and `position`. Importing appends the events not yet present (by
+`event_id`, so re-importing is a no-op) with their original `recorded_at`, so a fresh instance
+rebuilt from an export has the same read models, time travel included.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import IO, Any
+
+import orjson
+
+from studbook_server.adapters import postgres
+from studbook_server.adapters.postgres import Connection, Incoming
+from studbook_server.domain.contract import InvalidEvent, event_from_dict
+from studbook_server.errors import StudbookError
+
+_EXPORT = """
+SELECT position, event_id::text, type, schema_version, occurred_at, recorded_at, actor, project,
+       subject, correlation_id, causation_id, producer, payload
+FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
+"""
+
+Progress = Callable[[int], None]
+
+
+def _time(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+async def export_events(
+    con: Connection, out: IO[bytes], *, batch: int = 5000, progress: Progress | None = None
+) -> int:
+    """Write every stored event to ``out`` as NDJSON, in store order; return the count."""
+    after = 0
+    count = 0
+    while True:
+        rows = await con.fetch(_EXPORT, after, batch)
+        if not rows:
+            return count
+        for r in rows:
+            doc: dict[str, Any] = {
+                "event_id": r["event_id"],
+                "type": r["type"],
+                "schema_version": r["schema_version"],
+                "occurred_at": _time(r["occurred_at"]),
+                "actor": r["actor"],
+                "project": r["project"],
+                "subject": r["subject"],
+                "payload": r["payload"],
+            }
+            for optional in ("correlation_id", "causation_id", "producer"):
+                if r[optional] is not None:
+                    doc[optional] = r[optional]
+            doc["recorded_at"] = _time(r["recorded_at"])
+            doc["position"] = r["position"]
+            out.write(orjson.dumps(doc) + b"\n")
+        after = rows[-1]["position"]
+        count += len(rows)
+        if progress:
+            progress(count)
+
+
+class ImportError_(StudbookError):
+    """A line of the import file is not a valid exported event."""
+
+
+def _incoming(lines: Iterable[bytes]) -> Iterator[Incoming]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+            recorded = datetime.fromisoformat(doc.pop("recorded_at"))
+            doc.pop("position", None)
+            event = event_from_dict(doc)
+        except (orjson.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            detail = (
+                "; ".join(f"{v.path}: {v.message}" for v in exc.violations)
+                if isinstance(exc, InvalidEvent)
+                else str(exc)
+            )
+            raise ImportError_(f"line {number}: not an exported event: {detail}") from exc
+        yield Incoming(doc, event, recorded)
+
+
+async def import_events(
+    con: Connection, lines: Iterable[bytes], *, batch: int = 2000, progress: Progress | None = None
+) -> tuple[int, int]:
+    """Append the events of an export that the store lacks; return (read, appended)."""
+    read = appended = 0
+    chunk: list[Incoming] = []
+
+    async def flush() -> None:
+        nonlocal appended
+        async with con.transaction():
+            appended += len(await postgres.append(con, chunk))
+        chunk.clear()
+
+    for item in _incoming(lines):
+        chunk.append(item)
+        read += 1
+        if len(chunk) >= batch:
+            await flush()
+            if progress:
+                progress(read)
+    if chunk:
+        await flush()
+    if progress:
+        progress(read)
+    return read, appended
+
+
+async def export_main(path: str | None) -> int:
+    from studbook_server.config import load_settings
+
+    con = await postgres.connect(load_settings().database_url)
+    try:
+        if path in (None, "-"):
+            n = await export_events(con, sys.stdout.buffer)
+        else:
+            with open(path, "wb") as out:  # noqa: ASYNC230 - a CLI, nothing else runs
+                n = await export_events(con, out)
+    finally:
+        await con.close()
+    print(f"export-events: wrote {n} events", file=sys.stderr)
+    return 0
+
+
+async def import_main(path: str) -> int:
+    from rich.progress import Progress as Bar
+
+    from studbook_server.adapters.readmodels import catch_up
+    from studbook_server.config import load_settings
+
+    settings = load_settings()
+    con = await postgres.connect(settings.database_url)
+    try:
+        await postgres.migrate(con)
+        with open(path, "rb") as src, Bar() as bar:  # noqa: ASYNC230 - a CLI
+            task = bar.add_task("importing events", total=None)
+            read, appended = await import_events(
+                con, src, progress=lambda n: bar.update(task, completed=n)
+            )
+            if settings.embedded:
+                # Kafka deployments project through their projectors; embedded mode projects here.
+                await catch_up(con)
+    finally:
+        await con.close()
+    print(f"import-events: read {read} events, appended {appended} new ones", file=sys.stderr)
+    return 0
