@@ -55,3 +55,124 @@ async def test_up_migrates_serves_health_and_projects_appended_events(
     assert health == 200
     assert ready == {"status": "ok", "checks": {"postgres": "ok"}}
     assert projected == 1, "the background tailer did not project an event appended to the store"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _Up:
+    """`studbook-server up` as a real process on its own embedded PostgreSQL."""
+
+    def __init__(self, data_dir: str, log: str) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port, self.pg_port = _free_port(), _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
+        exe = Path(sys.executable).with_name("studbook-server")
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(exe), "up", "--port", str(self.port), "--pg-port", str(self.pg_port),
+             "--data-dir", data_dir],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        self.log_path = log
+
+    def output(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def ready(self) -> str:
+        import urllib.request
+
+        for _ in range(300):
+            assert self.proc.poll() is None, self.output()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
+                    pass
+            except OSError:
+                time.sleep(0.1)
+                continue
+            for line in self.output().splitlines():
+                if line.strip().startswith("token:"):
+                    return line.split()[1]
+            raise AssertionError(f"no token printed:\n{self.output()}")
+        raise AssertionError(f"`up` was not ready in 30 s:\n{self.output()}")
+
+    def stop(self) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.log.close()
+        return code
+
+
+def _post(port: int, token: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/events", data=orjson.dumps(events), method="POST",
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 202
+        body: dict[str, Any] = orjson.loads(r.read())
+        return body
+
+
+def _caught_up(port: int, token: str, consistency: str) -> bool:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/consistency?token={consistency}",
+        headers={"authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        done: bool = orjson.loads(r.read())["caught_up"]
+        return done
+
+
+def test_up_keeps_its_data_and_token_across_restarts() -> None:
+    import os
+    import shutil
+    import tempfile
+
+    data_dir = tempfile.mkdtemp(prefix="studbook-up-test-")
+    os.chmod(data_dir, 0o755)  # as root, PostgreSQL runs as an unprivileged user
+    try:
+        first = _Up(data_dir, os.path.join(data_dir, "first.log"))
+        try:
+            token = first.ready()
+            sent = _post(first.port, token, [ev("run.started", "run:kept", {"name": "kept"})])
+            for _ in range(100):
+                if _caught_up(first.port, token, sent["consistency_token"]):
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("never projected")
+        finally:
+            assert first.stop() == 0, first.output()
+        # PostgreSQL was stopped with the service.
+        assert not os.path.exists(os.path.join(data_dir, "postgres", "data", "postmaster.pid"))
+
+        second = _Up(data_dir, os.path.join(data_dir, "second.log"))
+        try:
+            assert second.ready() == token
+            assert _caught_up(second.port, token, sent["consistency_token"])
+            again = _post(
+                second.port, token, [ev("run.finished", "run:kept", {"status": "completed"})]
+            )
+            assert again["consistency_token"] == "s1.2"
+        finally:
+            assert second.stop() == 0, second.output()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
