@@ -195,6 +195,8 @@ async def test_poison_events_are_dead_lettered_and_the_rest_applied(
         nul,
         ev("run.metrics.logged", "run:p", {"metrics": [{"key": "loss", "value": 0.5, "step": 1}]}),
         ev("run.finished", "run:p", {"status": "completed"}),
+        # A JSON null is a parameter value like any other.
+        ev("run.params.logged", "run:p", {"params": {"note": None, "lr": 0.1}}),
         # A backslash followed by "u0000" is text, not a NUL: it must be applied.
         ev("annotation.added", "run:p", {"text": "C:\\u0000dir"}),
     ]
@@ -221,6 +223,10 @@ async def test_poison_events_are_dead_lettered_and_the_rest_applied(
         assert run["status"] == "completed"
         assert await con.fetchval("SELECT value FROM run_metrics WHERE run_id = 'p'") == 0.5
         assert await con.fetchval("SELECT text FROM annotations") == "C:\\u0000dir"
+        params = await con.fetch(
+            "SELECT key, value FROM run_params WHERE run_id = 'p' ORDER BY key"
+        )
+        assert [tuple(p) for p in params] == [("lr", 0.1), ("note", None)]
     finally:
         await con.close()
 
@@ -379,3 +385,57 @@ async def test_migrations_are_recorded_and_not_reapplied(database_factory: Facto
 async def test_unreachable_database_fails_with_a_clear_error() -> None:
     with pytest.raises((OSError, asyncpg.PostgresError)):
         await postgres.connect("postgresql://postgres@127.0.0.1:1/none")
+
+
+async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_applied(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    """A valid event whose rows PostgreSQL refuses (here: a CHECK constraint the test adds)
+    must not stop the projector, nor stop it again after a restart."""
+    url = await database_factory()
+    await migrated(url)
+    con = await postgres.connect(url)
+    try:
+        await con.execute("ALTER TABLE rm.runs ADD CONSTRAINT no_evil CHECK (name <> 'evil')")
+    finally:
+        await con.close()
+    topic = await topic_factory(partitions=1)
+    evil = ev("run.started", "run:evil", {"name": "evil"})
+    events = [
+        ev("run.started", "run:before", {"name": "before"}),
+        evil,
+        ev("run.started", "run:after", {"name": "after"}),
+    ]
+    await produce(kafka_producer, topic, events)
+    settings = settings_for(url, services.kafka_bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}")
+    await project_all(settings, len(events))
+    con = await postgres.connect(url)
+    try:
+        assert {r[0] for r in await con.fetch("SELECT run_id FROM runs")} == {"before", "after"}
+        dead = await con.fetchrow("SELECT event_id, source, reason FROM public.dead_letters")
+        assert dead["event_id"] == evil["event_id"]
+        assert "no_evil" in dead["reason"]
+        assert dead["source"].startswith(f"kafka:{topic}/0@")
+        assert await con.fetchval("SELECT count(*) FROM public.events") == 2
+        assert await con.fetchval("SELECT sum(next_offset) FROM public.consumer_offsets") == 3
+    finally:
+        await con.close()
+
+    # The embedded tailer has the same safety net: the stored event is dead-lettered by position.
+    embedded = await database_factory()
+    await migrated(embedded)
+    con = await postgres.connect(embedded)
+    try:
+        await con.execute("ALTER TABLE rm.runs ADD CONSTRAINT no_evil CHECK (name <> 'evil')")
+        incoming = [
+            postgres.Incoming(e, event_from_dict(orjson.loads(orjson.dumps(e)))) for e in events
+        ]
+        async with con.transaction():
+            await postgres.append(con, incoming)
+        assert await catch_up(con) == 3
+        assert await con.fetchval("SELECT position FROM checkpoint") == 3
+        assert await con.fetchval("SELECT position FROM public.dead_letters") == 2
+        assert await con.fetchval("SELECT count(*) FROM runs") == 2
+    finally:
+        await con.close()

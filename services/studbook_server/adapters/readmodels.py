@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
+
 from studbook_server.adapters.postgres import Connection, read_events
 from studbook_server.domain.contract import encode_event
 from studbook_server.domain.projection import (
@@ -111,9 +113,10 @@ ON CONFLICT (project, run_id) DO UPDATE SET
     status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
 """
 
+# Values travel as JSON text: a JSON null must stay a value, not become an SQL NULL.
 _PARAMS = """
 INSERT INTO run_params (project, run_id, key, value)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+SELECT p, r, k, v::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(p, r, k, v)
 ON CONFLICT (project, run_id, key) DO UPDATE SET value = EXCLUDED.value
 """
 
@@ -222,7 +225,8 @@ async def write_changes(con: Connection, ch: Changes) -> None:
     if ch.runs_finished:
         await con.executemany(_RUN_FINISHED, ch.runs_finished)
     if ch.params:
-        await con.execute(_PARAMS, *_columns(list(ch.params.values()), 4))
+        params = [(p, r, k, orjson.dumps(v).decode()) for p, r, k, v in ch.params.values()]
+        await con.execute(_PARAMS, *_columns(params, 4))
     if ch.tags_removed:
         await con.execute(_TAGS_REMOVED, *_columns(sorted(ch.tags_removed), 3))
     if ch.tags_set:
@@ -340,19 +344,53 @@ async def catch_up(con: Connection, *, batch: int = 5000, until: int | None = No
     """Apply stored events past the read models' checkpoint; return how many were applied.
 
     One transaction per batch, each holding the store lock, so this never interleaves with an
-    append-and-project transaction of a Kafka projector or with a rebuild's swap.
+    append-and-project transaction of a Kafka projector or with a rebuild's swap. An event whose
+    rows the database refuses is dead-lettered with that reason and skipped, so it cannot stall
+    the read models.
     """
+    import asyncpg
+
     from studbook_server.adapters.postgres import STORE_LOCK
 
     total = 0
     while True:
-        async with con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
-            after = await con.fetchval("SELECT position FROM checkpoint")
-            events = await read_events(con, after, batch)
-            if until is not None:
-                events = [e for e in events if e.position <= until]
-            if not events:
-                return total
-            await apply_batch(con, events)
+        try:
+            async with con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+                after = await con.fetchval("SELECT position FROM checkpoint")
+                events = await read_events(con, after, batch)
+                if until is not None:
+                    events = [e for e in events if e.position <= until]
+                if not events:
+                    return total
+                await apply_batch(con, events)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            raise
+        except asyncpg.PostgresError:
+            await _apply_one_by_one(con, events)
         total += len(events)
+
+
+async def _apply_one_by_one(con: Connection, events: list[StoredEvent]) -> None:
+    import asyncpg
+
+    from studbook_server.adapters.postgres import STORE_LOCK
+
+    for stored in events:
+        try:
+            async with con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+                await apply_batch(con, [stored])
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            raise
+        except asyncpg.PostgresError as exc:
+            reason = f"could not be applied: {type(exc).__name__}: {exc}"
+            log.warning("dead-lettered event at position %d: %s", stored.position, reason)
+            async with con.transaction():
+                await con.execute(
+                    _DEAD_LETTER, stored.event.event_id, stored.position, reason,
+                    encode_event(stored.event),
+                )  # fmt: skip
+                await con.execute(
+                    "UPDATE checkpoint SET position = GREATEST(position, $1)", stored.position
+                )
