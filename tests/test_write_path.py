@@ -439,3 +439,32 @@ async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_appli
         assert await con.fetchval("SELECT count(*) FROM runs") == 2
     finally:
         await con.close()
+
+
+async def test_a_restarted_projector_resumes_at_stored_offsets_without_redoing_work(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    url = await database_factory()
+    await migrated(url)
+    topic = await topic_factory(partitions=2)
+    settings = settings_for(url, services.kafka_bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}")
+    first: list[dict[str, Any] | bytes] = [
+        b"not json",
+        *(ev("run.started", f"run:a{i}", {"name": "a"}) for i in range(20)),
+    ]
+    await produce(kafka_producer, topic, first)
+    [one] = await project_all(settings, len(first))
+    assert (one.stats.records, one.stats.duplicates) == (len(first), 0)
+
+    more = [ev("run.started", f"run:b{i}", {"name": "b"}) for i in range(5)]
+    await produce(kafka_producer, topic, more)
+    [two] = await project_all(settings, len(first) + len(more))
+    # Only the new records were read again: nothing re-applied, nothing dead-lettered twice.
+    assert (two.stats.records, two.stats.duplicates, two.stats.dead_letters) == (len(more), 0, 0)
+    con = await postgres.connect(url)
+    try:
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 1
+        assert await con.fetchval("SELECT count(*) FROM public.events") == 25
+    finally:
+        await con.close()

@@ -151,7 +151,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self._p = projector
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        return None
+        self._p.positioned.clear()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._p.seek_to_stored(list(assigned))
@@ -165,6 +165,9 @@ class KafkaProjector:
         self.name = name
         self._stopping = asyncio.Event()
         self._floor: dict[int, int] = {}
+        # Set once the assigned partitions are positioned at the offsets PostgreSQL holds;
+        # aiokafka completes an assignment before it awaits our listener, so `run` waits for it.
+        self.positioned = asyncio.Event()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.consumer_group,
@@ -182,6 +185,7 @@ class KafkaProjector:
 
     async def seek_to_stored(self, assigned: Sequence[TopicPartition]) -> None:
         if not assigned:
+            self.positioned.set()
             return
         rows = await self.pool.fetch(
             """SELECT partition, next_offset FROM public.consumer_offsets
@@ -198,6 +202,7 @@ class KafkaProjector:
                 self.consumer.seek(tp, stored[tp.partition])
         # aiokafka may hand out records fetched before this seek ran; they are skipped below.
         self._floor.update(stored)
+        self.positioned.set()
         log.info(
             "%s assigned %s, resuming at %s",
             self.name,
@@ -210,6 +215,10 @@ class KafkaProjector:
         await self.consumer.start()
         try:
             while not self._stopping.is_set():
+                if not self.positioned.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.positioned.wait(), timeout=0.2)
+                    continue
                 batch = await self.consumer.getmany(
                     timeout_ms=self.settings.batch_timeout_ms,
                     max_records=self.settings.batch_max_records,

@@ -70,7 +70,9 @@ def parse(text: str, *kinds: str, what: str = "id") -> Ref:
     kind, colon, key = node.partition(":")
     example = " or ".join(f"`{EXAMPLES[k]}`" for k in allowed[:3])
     if not (slash and colon and key and _PROJECT.match(project)) or kind not in KINDS:
-        raise BadInput(f"{what} `{text}` is not an id: expected `<project>/<kind>:<key>`, e.g. {example}")
+        raise BadInput(
+            f"{what} `{text}` is not an id: expected `<project>/<kind>:<key>`, e.g. {example}"
+        )
     if kind not in allowed:
         raise BadInput(f"{what} `{text}` names a {kind}; expected {example}")
     ref = Ref(project, kind, key)
