@@ -1,0 +1,344 @@
+"""The module-level API: one client per process, configured by :func:`init` or the environment."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from studbook._client import Client
+from studbook._config import Config
+from studbook._digest import digest_path, locate
+from studbook._environment import environment_info
+from studbook._errors import ConfigError
+from studbook._events import (
+    check_digest,
+    check_id,
+    check_label,
+    check_name,
+    check_subject,
+    check_text,
+    check_version_number,
+    uuid7,
+)
+from studbook._gitinfo import code_info
+from studbook._models import DatasetVersion, ModelVersion
+from studbook._run import Run, dataset_ref
+from studbook._transport import Transport
+
+_client: Client | None = None
+_lock = threading.Lock()
+
+
+def init(
+    url: str | None = None,
+    project: str | None = None,
+    token: str | None = None,
+    actor: str | None = None,
+    *,
+    topic: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Configure the SDK for this process.
+
+    Arguments default to ``STUDBOOK_URL`` (``http://127.0.0.1:8080``), ``STUDBOOK_PROJECT``
+    (required), ``STUDBOOK_TOKEN``, ``STUDBOOK_ACTOR`` (``user@host``),
+    ``STUDBOOK_EVENTS_TOPIC`` (``studbook.events``, for ``kafka://`` urls) and
+    ``STUDBOOK_SPOOL_DIR`` (``~/.cache/studbook/spool``). ``url`` is the ingest gateway
+    (``http(s)://host:port``) or Kafka (``kafka://host:port[,host:port]``). Starts the
+    background thread, which first re-sends events spooled by processes that have ended.
+    Calling it again with other settings flushes and replaces the previous configuration.
+    Raises :class:`ConfigError` if the settings are unusable.
+    """
+    config = Config.resolve(
+        url=url, project=project, token=token, actor=actor, topic=topic, spool_dir=spool_dir
+    )
+    _install(config)
+
+
+def _install(config: Config, transport: Transport | None = None) -> Client:
+    """Make a client for ``config`` the process's client (``transport``: a test seam)."""
+    global _client
+    with _lock:
+        old = _client
+        if old is not None and transport is None and old.config == config:
+            return old
+        _client = Client(config, transport=transport)
+        new = _client
+    if old is not None:
+        if old.open_runs():  # its runs still report through it; stopped at exit
+            old.flush(raise_errors=False)
+        else:
+            old.shutdown(raise_errors=False)
+        new.refusals.extend(old.refusals)
+        old.refusals.clear()
+    return new
+
+
+def client() -> Client:
+    """The process's client; configured from the environment on first use."""
+    c = _client
+    if c is not None:
+        return c
+    try:
+        init()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (call studbook.init first)") from None
+    assert _client is not None
+    return _client
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def dataset_version(
+    name: str,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    uri: str | None = None,
+    parents: Iterable[DatasetVersion | tuple[str, str] | str] = (),
+    row_count: int | None = None,
+    schema: Mapping[str, Any] | Sequence[Any] | None = None,
+    produced_by: Run | str | None = None,
+    digest: str | None = None,
+) -> DatasetVersion:
+    """Record a version of dataset ``name`` (``dataset.version.created``) and return it.
+
+    ``path`` (a file or a directory) is hashed, so that the version id, the first 12 hex
+    digits of the digest, names the content; ``uri`` says where the data lives (default: the
+    path's ``file://`` uri). Without ``path``, give ``uri`` and the content's ``digest``.
+    ``parents`` are the versions this one derives from; ``produced_by`` the run (or run id)
+    that made it.
+    """
+    c = client()
+    check_name(name, "dataset name")
+    size: int | None = None
+    if path is not None:
+        computed, size = digest_path(path)
+        if digest is not None and check_digest(digest) != computed:
+            raise ValueError(f"digest {digest} does not match the content of {path!r} ({computed})")
+        digest = computed
+        if uri is None:
+            uri = locate(path, hash_local=False)[0]
+    if digest is None:
+        raise ValueError("dataset_version needs a path to hash, or a digest (with a uri)")
+    check_digest(digest)
+    if not uri:
+        raise ValueError("dataset_version needs a uri when no path is given")
+    check_text(uri, "uri", max_length=2048, allow_empty=False)
+    version = digest.removeprefix("sha256:")[:12]
+    payload: dict[str, Any] = {"version": version, "uri": uri, "digest": digest}
+    if size is not None:
+        payload["size_bytes"] = size
+    if row_count is not None:
+        if isinstance(row_count, bool) or not isinstance(row_count, int) or row_count < 0:
+            raise ValueError(f"row_count must be an int >= 0, got {row_count!r}")
+        payload["row_count"] = row_count
+    if schema is not None:
+        if not isinstance(schema, Mapping | list | tuple):
+            raise TypeError("schema must be a mapping or a list (a JSON object or array)")
+        payload["schema"] = dict(schema) if isinstance(schema, Mapping) else list(schema)
+    refs: list[dict[str, str]] = []
+    for parent in parents:
+        ds, ver = dataset_ref(parent, "parent")
+        if {"dataset": ds, "version": ver} not in refs:
+            refs.append({"dataset": ds, "version": ver})
+    if refs:
+        payload["parents"] = refs
+    if produced_by is not None:
+        run_id = produced_by.id if isinstance(produced_by, Run) else produced_by
+        payload["produced_by_run"] = check_id(run_id, "produced_by")
+    c.emit("dataset.version.created", f"dataset:{name}", payload)
+    c.raise_refused()
+    return DatasetVersion(name, version, digest, uri, size)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def start_run(
+    name: str,
+    params: Mapping[str, object] | None = None,
+    tags: Mapping[str, object] | None = None,
+    experiment: str | None = None,
+    *,
+    parent: Run | str | None = None,
+) -> Run:
+    """Start a run (``run.started``, then its params and tags) and return it.
+
+    Use it as a context manager (``with studbook.start_run(...) as run:``) or call
+    :meth:`Run.finish`. The run records the git commit, branch, dirtiness and remote of the
+    code, the entry point, the Python version, the installed packages and the host.
+    """
+    c = client()
+    c.raise_refused()  # report earlier refusals before this run exists, not after
+    # A run's name is a display name: free text, as the run.started schema has it.
+    check_text(name, "run name", max_length=250, allow_empty=False)
+    payload: dict[str, Any] = {"name": name}
+    if experiment is not None:
+        payload["experiment"] = check_name(experiment, "experiment")
+    if parent is not None:
+        payload["parent_run"] = check_id(parent.id if isinstance(parent, Run) else parent, "parent")
+    code = code_info()
+    if code:
+        payload["code"] = dict(code)
+    payload["environment"] = dict(environment_info())
+    run = Run(c, uuid7(), name, experiment)
+    c.emit("run.started", run.subject, payload, schema_version=2)
+    c.watch_run(run)
+    if params:
+        run.log_params(params)
+    if tags:
+        run.set_tags(tags)
+    return run
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _model_event(model: str, event_type: str, payload: dict[str, Any]) -> None:
+    c = client()
+    check_name(model, "model name")
+    c.emit(event_type, f"model:{model}", payload)
+    c.raise_refused()
+
+
+def _model_name(model: str | ModelVersion) -> str:
+    return model.model if isinstance(model, ModelVersion) else model
+
+
+def set_alias(model: str | ModelVersion, version: int, alias: str) -> None:
+    """Point ``alias`` (e.g. ``production``) of ``model`` at version number ``version``."""
+    check_version_number(version)
+    check_label(alias, "alias")
+    _model_event(_model_name(model), "model.alias.set", {"alias": alias, "version": version})
+
+
+def remove_alias(model: str | ModelVersion, alias: str) -> None:
+    """Remove ``alias`` from ``model``."""
+    check_label(alias, "alias")
+    _model_event(_model_name(model), "model.alias.removed", {"alias": alias})
+
+
+def _review(
+    model: str | ModelVersion,
+    version: int,
+    comment: str | None,
+    evidence: Sequence[str] | None,
+    event_type: str,
+) -> None:
+    payload: dict[str, Any] = {"version": check_version_number(version)}
+    if comment is not None:
+        payload["comment"] = check_text(comment, "comment", max_length=10000)
+    if evidence:
+        payload["evidence"] = [check_text(e, "evidence", max_length=2048) for e in evidence]
+    _model_event(_model_name(model), event_type, payload)
+
+
+def approve(
+    model: str | ModelVersion,
+    version: int,
+    comment: str | None = None,
+    *,
+    evidence: Sequence[str] | None = None,
+) -> None:
+    """Approve version ``version`` of ``model``; ``evidence``: report URIs or run ids."""
+    _review(model, version, comment, evidence, "model.version.approved")
+
+
+def reject(
+    model: str | ModelVersion,
+    version: int,
+    comment: str | None = None,
+    *,
+    evidence: Sequence[str] | None = None,
+) -> None:
+    """Reject version ``version`` of ``model``; ``evidence``: report URIs or run ids."""
+    _review(model, version, comment, evidence, "model.version.rejected")
+
+
+def deploy(
+    model: str | ModelVersion, version: int, environment: str, target: str | None = None
+) -> None:
+    """Record that version ``version`` of ``model`` is deployed to ``environment``."""
+    payload: dict[str, Any] = {
+        "version": check_version_number(version),
+        "environment": check_label(environment, "environment"),
+    }
+    if target is not None:
+        payload["target"] = check_text(target, "target", max_length=500, allow_empty=False)
+    _model_event(_model_name(model), "model.version.deployed", payload)
+
+
+def undeploy(model: str | ModelVersion, version: int, environment: str) -> None:
+    """Record that version ``version`` of ``model`` was removed from ``environment``."""
+    payload = {
+        "version": check_version_number(version),
+        "environment": check_label(environment, "environment"),
+    }
+    _model_event(_model_name(model), "model.version.undeployed", payload)
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def annotate(
+    subject: str | Run | DatasetVersion | ModelVersion,
+    text: str,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Attach a note to a subject: ``run:<id>``, ``dataset:<name>``, ``model:<name>``,
+    ``project:<project>``, or a :class:`Run`, :class:`DatasetVersion` or :class:`ModelVersion`."""
+    if isinstance(subject, Run):
+        where = subject.subject
+    elif isinstance(subject, DatasetVersion):
+        where = f"dataset:{subject.dataset}"
+    elif isinstance(subject, ModelVersion):
+        where = f"model:{subject.model}"
+    else:
+        where = check_subject(subject)
+    payload: dict[str, Any] = {
+        "text": check_text(text, "text", max_length=10000, allow_empty=False)
+    }
+    if labels:
+        for key, value in labels.items():
+            check_text(key, "label name", max_length=250, allow_empty=False)
+            check_text(value, f"label {key!r}", max_length=1000)
+        payload["labels"] = dict(labels)
+    c = client()
+    c.emit("annotation.added", where, payload)
+    c.raise_refused()
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def flush(timeout: float | None = None) -> None:
+    """Block until every event emitted so far is acknowledged or spooled.
+
+    Raises :class:`EventRejected` if the gateway refused some, :class:`TransportError` if
+    ``timeout`` (seconds) passes first (the events are still delivered in the background).
+    """
+    c = _client
+    if c is not None:
+        c.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> None:
+    """Finish open runs, flush, stop the background thread; runs at interpreter exit too.
+
+    Events that could not be delivered stay in the spool for the next :func:`init`.
+    """
+    global _client
+    with _lock:
+        c, _client = _client, None
+    if c is not None:
+        c.shutdown(timeout)
+
+
+def last_consistency_token() -> str | None:
+    """The consistency token of the gateway's last acknowledgement (``None`` before any,
+    and with Kafka). Pass it to the read API to read your own writes."""
+    c = _client
+    return c.consistency_token if c is not None else None

@@ -1,0 +1,266 @@
+"""The SDK end to end: a real training script -> the real gateway (or Kafka) -> the projector ->
+the read models. Every service is a real process; the gateway is killed mid-run in one test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+
+from studbook_server import auth
+from studbook_server.adapters import postgres
+from tests.conftest import Services
+from tests.support import migrated
+
+Factory = Callable[..., Coroutine[Any, Any, str]]
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = Path(sys.executable).with_name("studbook-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    """A Kafka deployment of Studbook as real processes: one gateway and one projector."""
+
+    url: str
+    topic: str
+    env: dict[str, str]
+    token: str
+    logs: Path
+    port: int = field(default_factory=_free_port)
+    gateway: subprocess.Popen[bytes] | None = None
+    projector: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start_gateway(self) -> None:
+        self.starts += 1
+        with open(self.logs / f"gateway-{self.starts}.log", "wb") as log:
+            self.gateway = subprocess.Popen(
+                [str(SERVER), "ingest", "--port", str(self.port)], env=self.env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.gateway.poll() is None, self.tail("gateway")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("the gateway did not start:\n" + self.tail("gateway"))
+
+    def kill_gateway(self) -> None:
+        assert self.gateway is not None
+        self.gateway.send_signal(signal.SIGKILL)
+        self.gateway.wait()
+
+    def start_projector(self) -> None:
+        with open(self.logs / "projector.log", "wb") as log:
+            self.projector = subprocess.Popen(
+                [str(SERVER), "projector"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def tail(self, which: str) -> str:
+        files = sorted(self.logs.glob(f"{which}*.log"))
+        return "\n".join(f.read_text(errors="replace")[-3000:] for f in files)
+
+    def stop(self) -> None:
+        for proc in (self.gateway, self.projector):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@pytest_asyncio.fixture
+async def stack(
+    services: Services, database_factory: Factory, topic_factory: Factory, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    url = await database_factory()
+    await migrated(url)
+    con = await postgres.connect(url)
+    try:
+        _, token = await auth.create_token(con, "training", ["write", "read"], ["churn"])
+    finally:
+        await con.close()
+    topic = await topic_factory(partitions=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
+    env |= {
+        "STUDBOOK_DATABASE_URL": url,
+        "STUDBOOK_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "STUDBOOK_EVENTS_TOPIC": topic,
+        "STUDBOOK_CONSUMER_GROUP": f"g-{uuid.uuid4().hex[:8]}",
+        "STUDBOOK_LOG_LEVEL": "WARNING",
+    }
+    s = Stack(url=url, topic=topic, env=env, token=token, logs=tmp_path)
+    s.start_gateway()
+    s.start_projector()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _client_env(stack: Stack, target: str, tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
+    spool = tmp / "spool"
+    spool.mkdir(exist_ok=True)
+    return env | {
+        "STUDBOOK_URL": target,
+        "STUDBOOK_TOKEN": stack.token,
+        "STUDBOOK_PROJECT": "churn",
+        "STUDBOOK_EVENTS_TOPIC": stack.topic,
+        "STUDBOOK_SPOOL_DIR": str(spool),
+        "STUDBOOK_CACHE_DIR": str(tmp / "cache"),
+    }
+
+
+async def _wait_for(url: str, sql: str, expected: Any, *args: Any, limit_s: float = 60) -> None:
+    con = await postgres.connect(url)
+    try:
+        deadline = time.monotonic() + limit_s
+        got = None
+        while time.monotonic() < deadline:
+            got = await con.fetchval(sql, *args)
+            if got == expected:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{sql} gave {got!r}, expected {expected!r}")
+    finally:
+        await con.close()
+
+
+async def _run_script(args: list[str], env: dict[str, str], limit_s: float = 120) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), limit_s)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def _check_training_run(url: str, result: dict[str, Any], epochs: int) -> None:
+    run_id = result["run"]
+    await _wait_for(url, "SELECT count(*) FROM model_versions WHERE run_id = $1", 1, run_id)
+    await _wait_for(url, "SELECT status FROM runs WHERE run_id = $1", "completed", run_id)
+    con = await postgres.connect(url)
+    try:
+        run = await con.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
+        assert run["name"] == "logreg"
+        assert run["environment"]["python_version"].startswith(f"{sys.version_info.major}.")
+        params = dict(
+            await con.fetch("SELECT key, value FROM run_params WHERE run_id = $1", run_id)
+        )
+        assert params == {"lr": 0.05, "epochs": epochs}
+        metrics = {
+            r["key"]: r
+            for r in await con.fetch("SELECT * FROM run_metrics WHERE run_id = $1", run_id)
+        }
+        assert set(metrics) == {"loss", "accuracy"}
+        assert metrics["loss"]["points"] == epochs
+        assert metrics["loss"]["step"] == epochs - 1
+        # The model learned something: the loss went down.
+        assert metrics["loss"]["value"] < metrics["loss"]["max_value"]
+        dv = await con.fetchrow("SELECT * FROM dataset_versions WHERE dataset = 'customers'")
+        assert (dv["version"], dv["digest"]) == (result["dataset_version"], result["digest"])
+        mv = await con.fetchrow("SELECT * FROM model_versions WHERE run_id = $1", run_id)
+        assert (mv["model"], mv["number"], mv["framework"]) == ("churn-clf", 1, "pure-python")
+        edges = {
+            (r["edge_type"], r["src"], r["dst"])
+            for r in await con.fetch("SELECT edge_type, src, dst FROM lineage_edges")
+        }
+        assert edges == {
+            ("input", f"dataset_version:customers@{dv['version']}", f"run:{run_id}"),
+            ("trained", f"run:{run_id}", "model_version:churn-clf@1"),
+        }
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
+    finally:
+        await con.close()
+
+
+async def test_a_training_script_through_the_gateway(stack: Stack, tmp_path: Path) -> None:
+    env = _client_env(stack, f"http://127.0.0.1:{stack.port}", tmp_path)
+    result = await _run_script(
+        ["docs/examples/train.py", "--data", str(tmp_path / "data"), "--epochs", "12"], env
+    )
+    await _check_training_run(stack.url, result, 12)
+
+
+async def test_a_training_script_through_kafka(
+    stack: Stack, services: Services, tmp_path: Path
+) -> None:
+    env = _client_env(stack, f"kafka://{services.kafka_bootstrap}", tmp_path)
+    result = await _run_script(
+        ["docs/examples/train.py", "--data", str(tmp_path / "data"), "--epochs", "8"], env
+    )
+    await _check_training_run(stack.url, result, 8)
+
+
+# Logs STEPS x KEYS points over a few seconds, so the gateway can die and return meanwhile.
+LONG_RUN = """
+import json, sys, time
+import studbook
+studbook.init()
+with studbook.start_run("long run") as run:
+    for step in range({steps}):
+        run.log_metrics({{f"m{{k}}": step * 0.1 + k for k in range({keys})}}, step=step)
+        time.sleep({pause})
+studbook.flush(timeout=120)
+print(json.dumps({{"run": run.id}}))
+"""
+
+
+async def test_killing_the_gateway_mid_run_loses_and_duplicates_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    steps, keys = 80, 5
+    env = _client_env(stack, f"http://127.0.0.1:{stack.port}", tmp_path)
+    script = LONG_RUN.format(steps=steps, keys=keys, pause=0.05)
+    client = asyncio.create_task(_run_script(["-c", script], env))
+    await asyncio.sleep(1.2)
+    assert not client.done(), "the run ended before the gateway could be killed"
+    stack.kill_gateway()
+    await asyncio.sleep(1.5)
+    stack.start_gateway()
+    result = await client
+    run_id = result["run"]
+    await _wait_for(stack.url, "SELECT status FROM runs WHERE run_id = $1", "completed", run_id)
+    await _wait_for(
+        stack.url, "SELECT count(*) FROM run_metric_points WHERE run_id = $1", steps * keys, run_id
+    )
+    con = await postgres.connect(stack.url)
+    try:
+        distinct = await con.fetchval(
+            "SELECT count(DISTINCT (key, step)) FROM run_metric_points WHERE run_id = $1", run_id
+        )
+        assert distinct == steps * keys
+        # Stored exactly once: no event id twice, every event of the run present.
+        assert await con.fetchval("SELECT count(*) = count(DISTINCT event_id) FROM public.events")
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
+    finally:
+        await con.close()
+    assert list((tmp_path / "spool").glob("*")) == [] or all(
+        f.stat().st_size == 0 for f in (tmp_path / "spool").rglob("*") if f.is_file()
+    ), "the spool was not drained"
