@@ -69,7 +69,7 @@ def _free_port() -> int:
 class _Up:
     """`studbook-server up` as a real process on its own embedded PostgreSQL."""
 
-    def __init__(self, data_dir: str, log: str) -> None:
+    def __init__(self, data_dir: str, log: str, *, demo: bool = False) -> None:
         import os
         import subprocess
         import sys
@@ -81,7 +81,7 @@ class _Up:
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(exe), "up", "--port", str(self.port), "--pg-port", str(self.pg_port),
-             "--data-dir", data_dir],
+             "--data-dir", data_dir, *([] if demo else ["--no-demo"])],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         self.log_path = log
@@ -176,3 +176,65 @@ def test_up_keeps_its_data_and_token_across_restarts() -> None:
             assert second.stop() == 0, second.output()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_first_start_loads_the_demo_through_the_sdk() -> None:
+    import os
+    import shutil
+    import tempfile
+
+    data_dir = tempfile.mkdtemp(prefix="studbook-demo-test-")
+    os.chmod(data_dir, 0o755)
+    up = _Up(data_dir, os.path.join(data_dir, "up.log"), demo=True)
+    try:
+        up.ready()
+        deadline = time.monotonic() + 120
+        while "demo: loaded" not in up.output():
+            assert "demo: failed" not in up.output(), up.output()
+            assert time.monotonic() < deadline, up.output()
+            time.sleep(0.2)
+
+        async def facts() -> dict[str, Any]:
+            con = await postgres.connect(f"postgresql://postgres@127.0.0.1:{up.pg_port}/postgres")
+            try:
+                for _ in range(100):  # the tailer projects shortly after the demo's last write
+                    head = await postgres.head_position(con)
+                    if await con.fetchval("SELECT position FROM checkpoint") == head:
+                        break
+                    await asyncio.sleep(0.05)
+                history = await con.fetch(
+                    """SELECT version FROM assignments WHERE model = 'churn-clf' AND kind = 'alias'
+                       AND name = 'production' AND recorded_to IS NULL ORDER BY valid_from"""
+                )
+                return {
+                    "runs": await con.fetchval("SELECT count(*) FROM runs"),
+                    "failed": await con.fetchval(
+                        "SELECT count(*) FROM runs WHERE status = 'failed'"
+                    ),
+                    "versions": await con.fetchval("SELECT count(*) FROM model_versions"),
+                    "dataset_versions": await con.fetchval("SELECT count(*) FROM dataset_versions"),
+                    "derived": await con.fetchval(
+                        "SELECT count(*) FROM lineage_edges WHERE edge_type = 'derived'"
+                    ),
+                    "production": [r[0] for r in history],
+                    "span_days": await con.fetchval(
+                        "SELECT extract(day FROM max(occurred_at) - min(occurred_at)) FROM public.events"
+                    ),
+                    "dead": await con.fetchval("SELECT count(*) FROM public.dead_letters"),
+                }
+            finally:
+                await con.close()
+
+        got = asyncio.run(facts())
+    finally:
+        assert up.stop() == 0, up.output()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert got["runs"] >= 30
+    assert got["failed"] == 1
+    assert got["versions"] == 5
+    assert got["dataset_versions"] == 6
+    assert got["derived"] == 3
+    # A promotion, a rollback, then a promotion nobody approved.
+    assert got["production"] == [1, 2, 1, 3]
+    assert got["span_days"] >= 30
+    assert got["dead"] == 0

@@ -20,7 +20,9 @@ Configuration: :func:`init` (or ``STUDBOOK_URL``, ``STUDBOOK_PROJECT``, ``STUDBO
 Recording: :func:`dataset_version` returns a :class:`DatasetVersion`; :func:`start_run`
 returns a :class:`Run`, whose :meth:`Run.register_model` returns a :class:`ModelVersion`;
 :func:`set_alias`, :func:`remove_alias`, :func:`approve`, :func:`reject`, :func:`deploy`,
-:func:`undeploy` act on model versions by number; :func:`annotate` attaches a note.
+:func:`undeploy` act on model versions by number; :func:`annotate` attaches a note;
+:func:`register_model` registers a version from a finished run; :func:`backdate` records
+history that happened earlier (imports, demos).
 
 Delivery: :func:`flush`, :func:`shutdown` (also at interpreter exit),
 :func:`last_consistency_token`.
@@ -40,11 +42,13 @@ from __future__ import annotations
 from studbook._api import (
     annotate,
     approve,
+    backdate,
     dataset_version,
     deploy,
     flush,
     init,
     last_consistency_token,
+    register_model,
     reject,
     remove_alias,
     set_alias,
@@ -68,11 +72,13 @@ __all__ = [
     "__version__",
     "annotate",
     "approve",
+    "backdate",
     "dataset_version",
     "deploy",
     "flush",
     "init",
     "last_consistency_token",
+    "register_model",
     "reject",
     "remove_alias",
     "set_alias",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+from studbook import _events, _run
 from studbook._client import Client
 from studbook._config import Config
 from studbook._digest import digest_path, locate
@@ -24,7 +28,7 @@ from studbook._events import (
 )
 from studbook._gitinfo import code_info
 from studbook._models import DatasetVersion, ModelVersion
-from studbook._run import Run, dataset_ref
+from studbook._run import Run, dataset_ref, registration
 from studbook._transport import Transport
 
 _client: Client | None = None
@@ -208,6 +212,28 @@ def _model_name(model: str | ModelVersion) -> str:
     return model.model if isinstance(model, ModelVersion) else model
 
 
+def register_model(
+    name: str,
+    artifact_uri: str,
+    framework: str | None = None,
+    signature: Mapping[str, Any] | None = None,
+    *,
+    run: str | Run | None = None,
+    digest: str | None = None,
+    description: str | None = None,
+) -> ModelVersion:
+    """Register a new version of model ``name`` outside a run's ``with`` block, e.g. the best of
+    several finished runs (``model.version.registered``). Pass ``run`` (a :class:`Run` or a run
+    id) so the version's lineage reaches the run's data and code; inside a run, prefer
+    :meth:`Run.register_model`. The registry numbers the version when it is stored."""
+    run_id = run.id if isinstance(run, Run) else run
+    payload = registration(name, artifact_uri, run_id, framework, signature, digest, description)
+    c = client()
+    event_id = c.emit("model.version.registered", f"model:{name}", payload)
+    c.raise_refused()
+    return ModelVersion(name, artifact_uri, run_id, event_id, digest)
+
+
 def set_alias(model: str | ModelVersion, version: int, alias: str) -> None:
     """Point ``alias`` (e.g. ``production``) of ``model`` at version number ``version``."""
     check_version_number(version)
@@ -342,3 +368,24 @@ def last_consistency_token() -> str | None:
     and with Kafka). Pass it to the read API to read your own writes."""
     c = _client
     return c.consistency_token if c is not None else None
+
+
+@contextlib.contextmanager
+def backdate(when: datetime) -> Iterator[None]:
+    """Record what happens inside the block as if it started at ``when``.
+
+    Event times (``occurred_at`` and metric timestamps) start at ``when`` and advance with the
+    clock from there; the store still records when it actually received them, so "as known
+    at" questions stay truthful. Meant for importing history from another system and for
+    demos. It shifts the clock of the whole process, so do not use it while other threads
+    report live work. ``when`` must carry a timezone.
+    """
+    if when.tzinfo is None:
+        raise ValueError("backdate needs a timezone-aware datetime, e.g. datetime(..., tzinfo=UTC)")
+    previous_offset, previous_clock = _events._offset_ns, _run._time_ns
+    _events._offset_ns = int(when.timestamp() * 1_000_000_000) - time.time_ns()
+    _run._time_ns = _events.event_time_ns
+    try:
+        yield
+    finally:
+        _events._offset_ns, _run._time_ns = previous_offset, previous_clock

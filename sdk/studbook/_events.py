@@ -58,9 +58,18 @@ def rfc3339(ns: int) -> str:
     return f"{prefix}.{rest // 1000:06d}Z"
 
 
+# Set by `studbook.backdate`: how far event times are shifted from the wall clock.
+_offset_ns = 0
+
+
+def event_time_ns() -> int:
+    """Unix time in ns for event timestamps: the wall clock, shifted inside `backdate`."""
+    return time.time_ns() + _offset_ns
+
+
 def now() -> str:
-    """The current time as RFC 3339 UTC with microseconds."""
-    return rfc3339(time.time_ns())
+    """The current event time as RFC 3339 UTC with microseconds."""
+    return rfc3339(time.time_ns() + _offset_ns)
 
 
 def envelope(

@@ -114,6 +114,37 @@ def dataset_ref(value: object, what: str = "dataset version") -> tuple[str, str]
     return check_name(dataset, "dataset"), check_id(version, "dataset version")
 
 
+def registration(
+    name: str,
+    artifact_uri: str,
+    run_id: str | None,
+    framework: str | None,
+    signature: Mapping[str, Any] | None,
+    digest: str | None,
+    description: str | None,
+) -> dict[str, Any]:
+    """The checked payload of a ``model.version.registered`` event."""
+    check_name(name, "model name")
+    if not isinstance(artifact_uri, str) or not 1 <= len(artifact_uri) <= 2048:
+        raise ValueError("artifact_uri must be a str of 1 to 2048 characters")
+    payload: dict[str, Any] = {"artifact_uri": artifact_uri}
+    if run_id is not None:
+        payload["run"] = check_id(run_id, "run id")
+    if digest is not None:
+        payload["digest"] = check_digest(digest)
+    if framework is not None:
+        payload["framework"] = check_key(framework, "framework", 100)
+    if signature is not None:
+        if not isinstance(signature, Mapping):
+            raise TypeError("signature must be a mapping (a JSON object)")
+        payload["signature"] = dict(signature)
+    if description is not None:
+        if len(description) > 10000:
+            raise ValueError("description must be at most 10000 characters")
+        payload["description"] = description
+    return payload
+
+
 class Run:
     """A run, returned by :func:`studbook.start_run`; use it as a context manager.
 
@@ -335,22 +366,9 @@ class Run:
     ) -> ModelVersion:
         """Register a new version of model ``name`` trained by this run
         (``model.version.registered``). The registry numbers it when it is stored."""
-        check_name(name, "model name")
-        if not isinstance(artifact_uri, str) or not 1 <= len(artifact_uri) <= 2048:
-            raise ValueError("artifact_uri must be a str of 1 to 2048 characters")
-        payload: dict[str, Any] = {"run": self.id, "artifact_uri": artifact_uri}
-        if digest is not None:
-            payload["digest"] = check_digest(digest)
-        if framework is not None:
-            payload["framework"] = check_key(framework, "framework", 100)
-        if signature is not None:
-            if not isinstance(signature, Mapping):
-                raise TypeError("signature must be a mapping (a JSON object)")
-            payload["signature"] = dict(signature)
-        if description is not None:
-            if len(description) > 10000:
-                raise ValueError("description must be at most 10000 characters")
-            payload["description"] = description
+        payload = registration(
+            name, artifact_uri, self.id, framework, signature, digest, description
+        )
         if self._finished:
             raise StudbookError(f"run {self.name!r} ({self.id}) has finished; start a new run")
         event_id = self._client.emit("model.version.registered", f"model:{name}", payload)

@@ -63,6 +63,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         throwaway=args.throwaway,
         pg_port=args.pg_port,
+        demo=not args.no_demo,
     )
 
 
@@ -71,6 +72,20 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     code: int = asyncio.run(token_main(args))
     return code
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from studbook_server.demo import main as demo_main
+
+    argv = ["--url", args.url]
+    token = args.token or os.environ.get("STUDBOOK_TOKEN")
+    if token:
+        argv += ["--token", token]
+    if args.workdir:
+        argv += ["--workdir", str(args.workdir)]
+    return demo_main(argv)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -122,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pg-port", type=int, default=15433,
         help="port of the embedded PostgreSQL on 127.0.0.1 (default: %(default)s)",
     )  # fmt: skip
+    up.add_argument(
+        "--no-demo", action="store_true",
+        help="do not load the demo history into an empty store on start",
+    )  # fmt: skip
+    demo = add("demo", _cmd_demo, "report six weeks of example ML work through the SDK")
+    demo.add_argument("--url", default="http://127.0.0.1:8080", help="the Studbook to report to")
+    demo.add_argument("--token", default=None, help="a token with write scope (STUDBOOK_TOKEN)")
+    demo.add_argument("--workdir", type=Path, default=None, help="where the demo's data files go")
     add("projector", _cmd_projector, "consume events from Kafka into the PostgreSQL read models")
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
     add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")

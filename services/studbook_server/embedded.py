@@ -13,7 +13,12 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -83,7 +88,42 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def run_up(*, host: str, port: int, data_dir: Path | None, throwaway: bool, pg_port: int) -> int:
+def store_is_empty(settings: Settings) -> bool:
+    async def count() -> int:
+        con = await postgres.connect(settings.database_url)
+        try:
+            await postgres.migrate(con)
+            return await postgres.head_position(con)
+        finally:
+            await con.close()
+
+    return asyncio.run(count()) == 0
+
+
+def _load_demo_when_ready(base: str, token: str | None, workdir: Path) -> None:
+    """Run the demo (real training code through the SDK) once the service answers."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1):  # noqa: S310 - our own URL
+                break
+        except OSError:
+            time.sleep(0.1)
+    cmd = [sys.executable, "-m", "studbook_server.demo", "--url", base, "--workdir", str(workdir)]
+    if token:
+        cmd += ["--token", token]
+    print("demo: loading six weeks of example history through the SDK ...", flush=True)
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        print(f"demo: loaded in {time.monotonic() - started:.1f} s", flush=True)
+    else:
+        print(f"demo: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+
+
+def run_up(
+    *, host: str, port: int, data_dir: Path | None, throwaway: bool, pg_port: int, demo: bool = True
+) -> int:
     from studbook_server.http import serve_app
 
     settings = load_settings()
@@ -93,12 +133,11 @@ def run_up(*, host: str, port: int, data_dir: Path | None, throwaway: bool, pg_p
         if not settings.database_url:
             url, folder = stack.enter_context(embedded_database(data_dir, throwaway, pg_port))
             settings = replace(settings, database_url=url)
-            where = "embedded PostgreSQL, " + (
-                "throwaway" if throwaway else str(data_dir or default_data_dir())
-            )
+            where = "embedded PostgreSQL, " + ("throwaway" if throwaway else str(folder))
         token = None
         if not settings.auth_disabled:
             token = local_token(settings, folder / "local-admin-token")
+        load_demo = demo and store_is_empty(settings)
         mode = (
             "Kafka at " + settings.kafka_bootstrap
             if settings.kafka_bootstrap
@@ -106,7 +145,7 @@ def run_up(*, host: str, port: int, data_dir: Path | None, throwaway: bool, pg_p
         )
         base = f"http://{host}:{port}"
         print(
-            f"Studbook is up ({mode}; data: {where})\n"
+            f"Studbook ({mode}; data: {where})\n"
             f"  events:    POST {base}/v1/events\n"
             f"  health:    {base}/healthz   {base}/readyz   metrics: {base}/metrics\n"
             + (
@@ -116,6 +155,13 @@ def run_up(*, host: str, port: int, data_dir: Path | None, throwaway: bool, pg_p
             ),
             flush=True,
         )
+        if load_demo:
+            threading.Thread(
+                target=_load_demo_when_ready,
+                args=(base, token, folder / "demo-data"),
+                name="studbook-demo",
+                daemon=True,
+            ).start()
         # uvicorn re-raises the SIGTERM it handled once it has shut down; turning it into
         # SystemExit lets the `with` block stop the embedded PostgreSQL instead of orphaning it.
         signal.signal(signal.SIGTERM, _exit_on_signal)

@@ -294,3 +294,30 @@ def test_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         studbook.init(url="ftp://x", project="churn")
     with pytest.raises(studbook.ConfigError, match=r"studbook\.init"):
         studbook.start_run("no-config")
+
+
+def test_backdate_shifts_event_times_and_restores_the_clock(memory: MemoryTransport) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    when = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    with studbook.backdate(when), studbook.start_run("past") as run:
+        run.log_metric("loss", 0.5, step=1)
+    with studbook.start_run("present"):
+        pass
+    studbook.flush()
+    times = {
+        (e["payload"].get("name"), e["type"]): datetime.fromisoformat(e["occurred_at"])
+        for e in memory.events
+    }
+    past = times[("past", "run.started")]
+    assert when <= past < when + timedelta(seconds=30)
+    points = [
+        p
+        for e in memory.events
+        if e["type"] == "run.metrics.logged"
+        for p in e["payload"]["metrics"]
+    ]
+    assert when <= datetime.fromisoformat(points[0]["timestamp"]) < when + timedelta(seconds=30)
+    assert times[("present", "run.started")] > datetime.now(UTC) - timedelta(minutes=5)
+    with pytest.raises(ValueError, match="timezone"), studbook.backdate(datetime(2026, 3, 1)):
+        pass
