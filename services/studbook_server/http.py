@@ -28,6 +28,7 @@ from studbook_server.adapters import postgres
 from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePublisher
 from studbook_server.config import Settings, load_settings
 from studbook_server.errors import ConfigError
+from studbook_server.graphql import ApiDeps, graphql_routes
 from studbook_server.projector import StoreTailer
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class _Running:
     pool: postgres.Pool | None = None
     publisher: Publisher | None = None
     gateway: ingest.Gateway | None = None
+    api: ApiDeps | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -66,7 +68,8 @@ def build_app(role: str, settings: Settings) -> Starlette:
         try:
             async with pool.acquire() as con:
                 await postgres.migrate(con)
-            if role in ("ingest", "up"):
+            # The API publishes too: its mutations are events like any other client's.
+            if role in ("ingest", "up", "api"):
                 if settings.embedded:
                     running.publisher = StorePublisher(pool)
                 else:
@@ -74,7 +77,10 @@ def build_app(role: str, settings: Settings) -> Starlette:
                     kafka = KafkaPublisher(settings.kafka_bootstrap, settings.events_topic)
                     await kafka.start()
                     running.publisher = kafka
-                running.gateway = ingest.Gateway(settings, pool, running.publisher, metrics)
+                if role != "api":
+                    running.gateway = ingest.Gateway(settings, pool, running.publisher, metrics)
+            if role in ("api", "up"):
+                running.api = ApiDeps(settings, pool, running.publisher)
             if role == "up" and settings.embedded:
                 tailer = StoreTailer(settings)
                 running.background.append(asyncio.create_task(tailer.run()))
@@ -90,6 +96,10 @@ def build_app(role: str, settings: Settings) -> Starlette:
     def current_gateway() -> ingest.Gateway:
         assert running.gateway is not None, "the app's lifespan has not started"
         return running.gateway
+
+    def current_api_deps() -> ApiDeps:
+        assert running.api is not None, "the app's lifespan has not started"
+        return running.api
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "service": role})
@@ -120,6 +130,8 @@ def build_app(role: str, settings: Settings) -> Starlette:
     ]
     if role in ("ingest", "up"):
         routes += ingest.routes(current_gateway)
+    if role in ("api", "up"):
+        routes += graphql_routes(current_api_deps)
     return Starlette(routes=routes, lifespan=lifespan)
 
 

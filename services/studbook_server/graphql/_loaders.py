@@ -1,0 +1,405 @@
+"""DataLoaders: one batched SQL statement per kind of thing a request asks for.
+
+A request gets a fresh :class:`Loaders` (in `get_context`), so nothing is cached across requests.
+Every batch statement takes one array per key column, unnests them `WITH ORDINALITY` and returns
+the ordinal `i` (1-based) with each row, so rows map back to keys without re-deriving them.
+Keys that carry a time (`asOf` / `knownAt`) pass None for "now".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any, TypeAlias
+
+import asyncpg
+from strawberry.dataloader import DataLoader
+
+from studbook_server.adapters.postgres import Pool
+
+Record: TypeAlias = asyncpg.Record
+Key: TypeAlias = tuple[Any, ...]
+
+# ------------------------------------------------------------------------------ predicates
+# "Valid at t (default now), as believed at k (default: the current belief)" on rm.assignments,
+# for a key row `k` with columns `at` and `known`.
+ASSIGNMENT_AT = """
+    a.valid_from <= coalesce(k.at, now()) AND (a.valid_to IS NULL OR coalesce(k.at, now()) < a.valid_to)
+    AND CASE WHEN k.known IS NULL THEN a.recorded_to IS NULL
+             ELSE a.recorded_from <= k.known AND (a.recorded_to IS NULL OR k.known < a.recorded_to) END
+"""
+
+# ------------------------------------------------------------------------------ statements
+
+PROJECTS = """
+SELECT k.i, p.* FROM unnest($1::text[]) WITH ORDINALITY AS k(project, i)
+JOIN rm.projects p ON p.project = k.project
+"""
+
+RUNS = """
+SELECT k.i, r.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, run_id, i)
+JOIN rm.runs r ON r.project = k.project AND r.run_id = k.run_id
+"""
+
+PARAMS = """
+SELECT k.i, p.key, p.value FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, run_id, i)
+JOIN rm.run_params p ON p.project = k.project AND p.run_id = k.run_id
+ORDER BY k.i, p.key
+"""
+
+TAGS = """
+SELECT k.i, t.key, t.value FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, run_id, i)
+JOIN rm.run_tags t ON t.project = k.project AND t.run_id = k.run_id
+ORDER BY k.i, t.key
+"""
+
+METRICS = """
+SELECT k.i, m.key, m.value, m.step, m.at, m.min_value, m.max_value, m.points
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, run_id, i)
+JOIN rm.run_metrics m ON m.project = k.project AND m.run_id = k.run_id
+ORDER BY k.i, m.key
+"""
+
+METRIC_HISTORY = """
+SELECT k.i, p.key, p.step, p.value, p.at, p.position
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int[])
+     WITH ORDINALITY AS k(project, run_id, key, step_from, step_to, after_step, after_position, lim, i)
+CROSS JOIN LATERAL (
+    SELECT p.key, p.step, p.value, p.at, p.position FROM rm.run_metric_points p
+    WHERE p.project = k.project AND p.run_id = k.run_id AND p.key = k.key
+      AND (k.step_from IS NULL OR p.step >= k.step_from)
+      AND (k.step_to IS NULL OR p.step <= k.step_to)
+      AND (k.after_step IS NULL OR (p.step, p.position) > (k.after_step, k.after_position))
+    ORDER BY p.step, p.position LIMIT k.lim
+) p
+ORDER BY k.i, p.step, p.position
+"""
+
+INPUTS = """
+SELECT k.i, e.src, e.role, e.valid_from, e.recorded_from
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, node, i)
+JOIN rm.lineage_edges e ON e.project = k.project AND e.dst = k.node AND e.edge_type = 'input'
+ORDER BY k.i, e.src
+"""
+
+OUTPUTS = """
+SELECT k.i, o.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, run_id, i)
+JOIN rm.run_outputs o ON o.project = k.project AND o.run_id = k.run_id
+ORDER BY k.i, o.produced_at, o.uri
+"""
+
+RUN_MODEL_VERSIONS = """
+SELECT k.i, mv.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, run_id, i)
+JOIN rm.model_versions mv ON mv.project = k.project AND mv.run_id = k.run_id
+ORDER BY k.i, mv.model, mv.number
+"""
+
+DATASETS = """
+SELECT k.i, d.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, name, i)
+JOIN rm.datasets d ON d.project = k.project AND d.name = k.name
+"""
+
+DATASET_VERSIONS = """
+SELECT k.i, dv.* FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(project, dataset, version, i)
+JOIN rm.dataset_versions dv ON dv.project = k.project AND dv.dataset = k.dataset AND dv.version = k.version
+"""
+
+DATASET_VERSIONS_PAGE = """
+SELECT k.i, dv.* FROM unnest($1::text[], $2::text[], $3::int[], $4::int[])
+     WITH ORDINALITY AS k(project, dataset, before, lim, i)
+CROSS JOIN LATERAL (
+    SELECT * FROM rm.dataset_versions dv
+    WHERE dv.project = k.project AND dv.dataset = k.dataset AND (k.before IS NULL OR dv.number < k.before)
+    ORDER BY dv.number DESC LIMIT k.lim
+) dv
+ORDER BY k.i, dv.number DESC
+"""
+
+# Derived children of a dataset version (its parents are a column of the row itself).
+DERIVED_CHILDREN = """
+SELECT k.i, e.dst FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, node, i)
+JOIN rm.lineage_edges e ON e.project = k.project AND e.src = k.node AND e.edge_type = 'derived'
+ORDER BY k.i, e.dst
+"""
+
+# Runs that used a dataset version, in run id order (the edge primary key's order).
+CONSUMERS_PAGE = """
+SELECT k.i, e.role, r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])
+     WITH ORDINALITY AS k(project, node, after, lim, i)
+CROSS JOIN LATERAL (
+    SELECT e.dst, e.role FROM rm.lineage_edges e
+    WHERE e.project = k.project AND e.src = k.node AND e.edge_type = 'input'
+      AND (k.after IS NULL OR e.dst > k.after)
+    ORDER BY e.dst LIMIT k.lim
+) e
+JOIN rm.runs r ON r.project = k.project AND 'run:' || r.run_id = e.dst
+ORDER BY k.i, e.dst
+"""
+
+MODELS = """
+SELECT k.i, m.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, name, i)
+JOIN rm.models m ON m.project = k.project AND m.name = k.name
+"""
+
+MODEL_VERSIONS = """
+SELECT k.i, mv.* FROM unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS k(project, model, number, i)
+JOIN rm.model_versions mv ON mv.project = k.project AND mv.model = k.model AND mv.number = k.number
+"""
+
+MODEL_VERSIONS_PAGE = """
+SELECT k.i, mv.* FROM unnest($1::text[], $2::text[], $3::int[], $4::int[])
+     WITH ORDINALITY AS k(project, model, before, lim, i)
+CROSS JOIN LATERAL (
+    SELECT * FROM rm.model_versions mv
+    WHERE mv.project = k.project AND mv.model = k.model AND (k.before IS NULL OR mv.number < k.before)
+    ORDER BY mv.number DESC LIMIT k.lim
+) mv
+ORDER BY k.i, mv.number DESC
+"""
+
+PROJECT_DATASETS_PAGE = """
+SELECT k.i, d.* FROM unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS k(project, after, lim, i)
+CROSS JOIN LATERAL (
+    SELECT * FROM rm.datasets d WHERE d.project = k.project AND (k.after IS NULL OR d.name > k.after)
+    ORDER BY d.name LIMIT k.lim
+) d
+ORDER BY k.i, d.name
+"""
+
+PROJECT_MODELS_PAGE = """
+SELECT k.i, m.* FROM unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS k(project, after, lim, i)
+CROSS JOIN LATERAL (
+    SELECT * FROM rm.models m WHERE m.project = k.project AND (k.after IS NULL OR m.name > k.after)
+    ORDER BY m.name LIMIT k.lim
+) m
+ORDER BY k.i, m.name
+"""
+
+# A project's runs, newest first (search with filters is `searchRuns`).
+PROJECT_RUNS_PAGE = """
+SELECT k.i, r.* FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int[])
+     WITH ORDINALITY AS k(project, after_started, after_run, lim, i)
+CROSS JOIN LATERAL (
+    SELECT * FROM rm.runs r WHERE r.project = k.project
+      AND (k.after_run IS NULL
+           OR (coalesce(r.started_at, '-infinity'::timestamptz), r.run_id)
+              < (coalesce(k.after_started, '-infinity'::timestamptz), k.after_run))
+    ORDER BY coalesce(r.started_at, '-infinity'::timestamptz) DESC, r.run_id DESC LIMIT k.lim
+) r
+ORDER BY k.i, coalesce(r.started_at, '-infinity'::timestamptz) DESC, r.run_id DESC
+"""
+
+APPROVALS = """
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[])
+     WITH ORDINALITY AS k(project, model, version, at, known, i)
+JOIN rm.approvals a ON a.project = k.project AND a.model = k.model AND a.version = k.version
+WHERE (k.at IS NULL OR a.decided_at <= k.at) AND (k.known IS NULL OR a.recorded_at <= k.known)
+ORDER BY k.i, a.decided_at, a.recorded_at
+"""
+
+ANNOTATIONS = """
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, subject, i)
+JOIN rm.annotations a ON a.project = k.project AND a.subject = k.subject
+ORDER BY k.i, a.added_at
+"""
+
+ASSIGNMENTS_OF_VERSION = f"""
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::timestamptz[])
+     WITH ORDINALITY AS k(project, kind, model, version, at, known, i)
+JOIN rm.assignments a ON a.project = k.project AND a.model = k.model AND a.version = k.version
+                     AND a.kind = k.kind
+WHERE {ASSIGNMENT_AT}
+ORDER BY k.i, a.name
+"""
+
+ASSIGNMENTS_OF_MODEL = f"""
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+     WITH ORDINALITY AS k(project, kind, model, at, known, i)
+JOIN rm.assignments a ON a.project = k.project AND a.kind = k.kind AND a.model = k.model
+WHERE {ASSIGNMENT_AT}
+ORDER BY k.i, a.name
+"""
+
+ASSIGNMENTS_OF_PROJECT = f"""
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+     WITH ORDINALITY AS k(project, kind, at, known, i)
+JOIN rm.assignments a ON a.project = k.project AND a.kind = k.kind
+WHERE {ASSIGNMENT_AT}
+ORDER BY k.i, a.model, a.name
+"""
+
+ASSIGNMENT_BY_NAME = f"""
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
+     WITH ORDINALITY AS k(project, kind, model, name, at, known, i)
+JOIN rm.assignments a ON a.project = k.project AND a.kind = k.kind AND a.model = k.model
+                     AND a.name = k.name
+WHERE {ASSIGNMENT_AT}
+"""
+
+# Every interval an alias or deployment held, as believed at `known` (default now).
+ASSIGNMENT_HISTORY = """
+SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+     WITH ORDINALITY AS k(project, kind, model, name, known, i)
+JOIN rm.assignments a ON a.project = k.project AND a.kind = k.kind AND a.model = k.model
+                     AND a.name = k.name
+WHERE CASE WHEN k.known IS NULL THEN a.recorded_to IS NULL
+           ELSE a.recorded_from <= k.known AND (a.recorded_to IS NULL OR k.known < a.recorded_to) END
+ORDER BY k.i, a.valid_from
+"""
+
+
+def _columns(keys: Sequence[Key]) -> list[list[Any]]:
+    return [list(col) for col in zip(*keys, strict=True)]
+
+
+class Loaders:
+    """The request's DataLoaders, each made on first use."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def _one(self, sql: str) -> DataLoader[Key, Record | None]:
+        async def load(keys: list[Key]) -> list[Record | None]:
+            out: list[Record | None] = [None] * len(keys)
+            for row in await self.pool.fetch(sql, *_columns(keys)):
+                out[row["i"] - 1] = row
+            return out
+
+        return DataLoader(load_fn=load)
+
+    def _many(self, sql: str) -> DataLoader[Key, list[Record]]:
+        async def load(keys: list[Key]) -> list[list[Record]]:
+            out: list[list[Record]] = [[] for _ in keys]
+            for row in await self.pool.fetch(sql, *_columns(keys)):
+                out[row["i"] - 1].append(row)
+            return out
+
+        return DataLoader(load_fn=load)
+
+    # One row per key ---------------------------------------------------------------------
+    @cached_property
+    def project(self) -> DataLoader[Key, Record | None]:
+        return self._one(PROJECTS)
+
+    @cached_property
+    def run(self) -> DataLoader[Key, Record | None]:
+        """(project, run_id)"""
+        return self._one(RUNS)
+
+    @cached_property
+    def dataset(self) -> DataLoader[Key, Record | None]:
+        """(project, name)"""
+        return self._one(DATASETS)
+
+    @cached_property
+    def dataset_version(self) -> DataLoader[Key, Record | None]:
+        """(project, dataset, version)"""
+        return self._one(DATASET_VERSIONS)
+
+    @cached_property
+    def model(self) -> DataLoader[Key, Record | None]:
+        """(project, name)"""
+        return self._one(MODELS)
+
+    @cached_property
+    def model_version(self) -> DataLoader[Key, Record | None]:
+        """(project, model, number)"""
+        return self._one(MODEL_VERSIONS)
+
+    @cached_property
+    def assignment_by_name(self) -> DataLoader[Key, Record | None]:
+        """(project, kind, model, name, asOf, knownAt)"""
+        return self._one(ASSIGNMENT_BY_NAME)
+
+    # Lists per key -----------------------------------------------------------------------
+    @cached_property
+    def params(self) -> DataLoader[Key, list[Record]]:
+        return self._many(PARAMS)
+
+    @cached_property
+    def tags(self) -> DataLoader[Key, list[Record]]:
+        return self._many(TAGS)
+
+    @cached_property
+    def metrics(self) -> DataLoader[Key, list[Record]]:
+        return self._many(METRICS)
+
+    @cached_property
+    def metric_history(self) -> DataLoader[Key, list[Record]]:
+        """(project, run_id, key, step_from, step_to, after_step, after_position, limit)"""
+        return self._many(METRIC_HISTORY)
+
+    @cached_property
+    def inputs(self) -> DataLoader[Key, list[Record]]:
+        """(project, run node)"""
+        return self._many(INPUTS)
+
+    @cached_property
+    def outputs(self) -> DataLoader[Key, list[Record]]:
+        return self._many(OUTPUTS)
+
+    @cached_property
+    def run_model_versions(self) -> DataLoader[Key, list[Record]]:
+        return self._many(RUN_MODEL_VERSIONS)
+
+    @cached_property
+    def dataset_versions_page(self) -> DataLoader[Key, list[Record]]:
+        """(project, dataset, before number, limit)"""
+        return self._many(DATASET_VERSIONS_PAGE)
+
+    @cached_property
+    def derived_children(self) -> DataLoader[Key, list[Record]]:
+        return self._many(DERIVED_CHILDREN)
+
+    @cached_property
+    def consumers_page(self) -> DataLoader[Key, list[Record]]:
+        """(project, dataset version node, after run node, limit)"""
+        return self._many(CONSUMERS_PAGE)
+
+    @cached_property
+    def model_versions_page(self) -> DataLoader[Key, list[Record]]:
+        """(project, model, before number, limit)"""
+        return self._many(MODEL_VERSIONS_PAGE)
+
+    @cached_property
+    def project_datasets_page(self) -> DataLoader[Key, list[Record]]:
+        return self._many(PROJECT_DATASETS_PAGE)
+
+    @cached_property
+    def project_models_page(self) -> DataLoader[Key, list[Record]]:
+        return self._many(PROJECT_MODELS_PAGE)
+
+    @cached_property
+    def project_runs_page(self) -> DataLoader[Key, list[Record]]:
+        """(project, after started_at, after run_id, limit)"""
+        return self._many(PROJECT_RUNS_PAGE)
+
+    @cached_property
+    def approvals(self) -> DataLoader[Key, list[Record]]:
+        """(project, model, version, asOf, knownAt)"""
+        return self._many(APPROVALS)
+
+    @cached_property
+    def annotations(self) -> DataLoader[Key, list[Record]]:
+        """(project, subject)"""
+        return self._many(ANNOTATIONS)
+
+    @cached_property
+    def assignments_of_version(self) -> DataLoader[Key, list[Record]]:
+        """(project, kind, model, version, asOf, knownAt)"""
+        return self._many(ASSIGNMENTS_OF_VERSION)
+
+    @cached_property
+    def assignments_of_model(self) -> DataLoader[Key, list[Record]]:
+        """(project, kind, model, asOf, knownAt)"""
+        return self._many(ASSIGNMENTS_OF_MODEL)
+
+    @cached_property
+    def assignments_of_project(self) -> DataLoader[Key, list[Record]]:
+        """(project, kind, asOf, knownAt)"""
+        return self._many(ASSIGNMENTS_OF_PROJECT)
+
+    @cached_property
+    def assignment_history(self) -> DataLoader[Key, list[Record]]:
+        """(project, kind, model, name, knownAt)"""
+        return self._many(ASSIGNMENT_HISTORY)
