@@ -168,12 +168,15 @@ def start_run(
     experiment: str | None = None,
     *,
     parent: Run | str | None = None,
+    run_id: str | None = None,
 ) -> Run:
     """Start a run (``run.started``, then its params and tags) and return it.
 
     Use it as a context manager (``with studbook.start_run(...) as run:``) or call
     :meth:`Run.finish`. The run records the git commit, branch, dirtiness and remote of the
-    code, the entry point, the Python version, the installed packages and the host.
+    code, the entry point, the Python version, the installed packages and the host. ``run_id``
+    names the run yourself (e.g. a scheduler's job id; letters, digits, ``.``, ``_``, ``-``);
+    by default it is a new UUIDv7.
     """
     c = client()
     c.raise_refused()  # report earlier refusals before this run exists, not after
@@ -188,7 +191,7 @@ def start_run(
     if code:
         payload["code"] = dict(code)
     payload["environment"] = dict(environment_info())
-    run = Run(c, uuid7(), name, experiment)
+    run = Run(c, uuid7() if run_id is None else check_id(run_id, "run_id"), name, experiment)
     c.emit("run.started", run.subject, payload, schema_version=2)
     c.watch_run(run)
     if params:

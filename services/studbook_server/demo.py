@@ -3,8 +3,9 @@
 Everything goes through the SDK to a running Studbook, like a user's training scripts: datasets
 written to disk and digested, logistic regressions trained in pure Python with per-epoch metrics,
 a run that fails, models registered from the best runs, approvals, aliases moved (a promotion, a
-rollback, and one promotion nobody approved) and deployments. `studbook.backdate` spreads the
-history over six weeks ending today, so time-travel questions have answers.
+rollback, and one promotion nobody approved) and deployments. `studbook.backdate` places the
+history on a fixed timeline, 2026-09-07 to 2026-10-13, so the GraphQL cookbook (docs/graphql.md)
+can ask about fixed dates and names; run ids are fixed too (`logreg-v1-01`, ...).
 
     studbook-server demo --url http://127.0.0.1:8080 --token sbk_...
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import studbook
 
 PROJECT = "churn"
+START = datetime(2026, 9, 7, tzinfo=UTC)  # a Monday; the history spans six weeks from here
 FEATURES = ("tenure", "spend", "tickets")
 
 
@@ -41,6 +43,24 @@ def make_customers(folder: Path, rows: int, seed: int, drift: float = 0.0) -> No
 
 
 Row = tuple[list[float], int]
+
+
+def make_features(raw: Path, out: Path) -> None:
+    """Standardise each feature column (z-scores): the `features` dataset derived from `customers`."""
+    rows = load_customers(raw)
+    columns = list(zip(*(x for x, _ in rows), strict=True))
+    stats = [
+        (sum(c) / len(c), (sum(v * v for v in c) / len(c) - (sum(c) / len(c)) ** 2) ** 0.5 or 1.0)
+        for c in columns
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "customers.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*FEATURES, "churned"])
+        for x, y in rows:
+            writer.writerow(
+                [*(f"{(v - m) / sd:.5f}" for v, (m, sd) in zip(x, stats, strict=True)), y]
+            )
 
 
 def load_customers(folder: Path, features: tuple[str, ...] = FEATURES) -> list[Row]:
@@ -80,7 +100,7 @@ def train_logreg(
 
 @dataclass
 class _Clock:
-    """The demo's timeline: day offsets from six weeks ago, at 09:00 UTC."""
+    """The demo's timeline: `at(day, hour)` is that hour (UTC) of that day after START."""
 
     start: datetime
 
@@ -116,6 +136,7 @@ def _train_runs(
     clock: _Clock, day: float, folder: Path, features: studbook.DatasetVersion, tag: str,
     grid: list[tuple[float, float, int]], workdir: Path,
 ) -> list[_Trained]:  # fmt: skip
+    """Train one run per grid point; run ids are `logreg-<tag>-01`, `-02`, ..."""
     results = []
     for i, (lr, l2, epochs) in enumerate(grid):
         broken = (lr, l2, epochs) == BROKEN
@@ -125,6 +146,7 @@ def _train_runs(
                 with studbook.start_run(
                     name, params={"lr": lr, "l2": l2, "epochs": epochs, "model": "logreg"},
                     tags={"data": tag, "team": "growth"}, experiment="churn-logreg",
+                    run_id=f"logreg-{tag}-{i + 1:02d}",
                 ) as run:  # fmt: skip
                     run.use(features, role="train")
                     columns = (*FEATURES, "region") if broken else FEATURES
@@ -139,19 +161,16 @@ def _train_runs(
     return results
 
 
-def run_demo(url: str, token: str | None, workdir: Path, *, weeks_ago: int = 6) -> dict[str, int]:
+def run_demo(url: str, token: str | None, workdir: Path) -> dict[str, int]:
     """Report the demo history to the Studbook at ``url``; return what it created."""
-    start = (datetime.now(UTC) - timedelta(weeks=weeks_ago)).replace(
-        hour=9, minute=0, second=0, microsecond=0
-    )
-    clock = _Clock(start)
+    clock = _Clock(START)
     workdir.mkdir(parents=True, exist_ok=True)
     _as("alice", url, token)
 
     def data_version(
         day: float, n: int, rows: int, drift: float
     ) -> tuple[Path, studbook.DatasetVersion, studbook.DatasetVersion]:
-        raw = workdir / f"customers-v{n}"
+        raw, features_dir = workdir / f"customers-v{n}", workdir / f"features-v{n}"
         make_customers(raw, rows, seed=n, drift=drift)
         with studbook.backdate(clock.at(day, 8)):
             customers = studbook.dataset_version(
@@ -159,14 +178,16 @@ def run_demo(url: str, token: str | None, workdir: Path, *, weeks_ago: int = 6) 
                 schema=[{"name": c, "type": "float"} for c in FEATURES] + [{"name": "churned", "type": "int"}],
             )  # fmt: skip
             with studbook.start_run(
-                f"prepare features v{n}", params={"source": customers.version}
-            ) as prep:
+                f"prepare features v{n}", params={"source": customers.version, "scaling": "z-score"},
+                run_id=f"prepare-features-v{n}",
+            ) as prep:  # fmt: skip
                 prep.use(customers, role="other")
+                make_features(raw, features_dir)
                 features = studbook.dataset_version(
-                    "features", path=str(raw), uri=f"s3://churn-data/features/v{n}/",
+                    "features", path=str(features_dir), uri=f"s3://churn-data/features/v{n}/",
                     parents=[customers], produced_by=prep, row_count=rows,
                 )  # fmt: skip
-        return raw, customers, features
+        return features_dir, customers, features
 
     runs = 0
     # Weeks 0-1: the first dataset, a grid search, one diverging run, the first model.

@@ -321,3 +321,12 @@ def test_backdate_shifts_event_times_and_restores_the_clock(memory: MemoryTransp
     assert times[("present", "run.started")] > datetime.now(UTC) - timedelta(minutes=5)
     with pytest.raises(ValueError, match="timezone"), studbook.backdate(datetime(2026, 3, 1)):
         pass
+
+
+def test_a_run_can_be_given_its_own_id(memory: MemoryTransport) -> None:
+    with studbook.start_run("named", run_id="job-42") as run:
+        assert run.id == "job-42"
+    studbook.flush()
+    assert {e["subject"] for e in memory.events} == {"run:job-42"}
+    with pytest.raises(ValueError, match="run_id"):
+        studbook.start_run("bad", run_id="has spaces")
