@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from studbook_server.adapters import postgres
 from studbook_server.domain.contract import event_from_dict
+from studbook_server.embedded import EXAMPLE_QUERIES
 from studbook_server.http import build_app
 from tests.support import ev, settings_for
 
@@ -226,6 +227,12 @@ def test_first_start_loads_the_demo_through_the_sdk() -> None:
                 await con.close()
 
         got = asyncio.run(facts())
+        # The example queries printed at start answer from the demo.
+        printed = [
+            line.strip() for line in up.output().splitlines() if line.strip().startswith("{ ")
+        ]
+        assert printed == list(EXAMPLE_QUERIES)
+        answers = [_graphql(up.port, up.ready(), q) for q in EXAMPLE_QUERIES]
     finally:
         assert up.stop() == 0, up.output()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -238,3 +245,23 @@ def test_first_start_loads_the_demo_through_the_sdk() -> None:
     assert got["production"] == [1, 2, 1, 3]
     assert got["span_days"] >= 30
     assert got["dead"] == 0
+    assert answers[0]["modelVersionByAlias"]["number"] == 3
+    assert answers[0]["modelVersionByAlias"]["approved"] is False
+    assert {n["type"] for n in answers[1]["lineage"]["nodes"]} == {
+        "MODEL_VERSION", "RUN", "DATASET_VERSION"
+    }  # fmt: skip
+    assert answers[2]["unapprovedPromotions"]
+
+
+def _graphql(port: int, token: str, query: str) -> dict[str, Any]:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=orjson.dumps({"query": query}), method="POST",
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = orjson.loads(r.read())
+    assert "errors" not in body, body
+    data: dict[str, Any] = body["data"]
+    return data

@@ -84,6 +84,16 @@ def local_token(settings: Settings, token_file: Path) -> str:
     return token
 
 
+# Printed at start; they answer from the demo (tests/test_embedded_up.py runs them).
+EXAMPLE_QUERIES = (
+    '{ modelVersionByAlias(project: "churn", model: "churn-clf", alias: "production") '
+    "{ number run { id } approved } }",
+    '{ lineage(from: "churn/model_version:churn-clf@1", direction: UPSTREAM, depth: 10) '
+    "{ nodes { id type depth } } }",
+    '{ unapprovedPromotions(project: "churn") { alias promotedBy promotedAt modelVersion { id } } }',
+)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -146,6 +156,7 @@ def run_up(
         base = f"http://{host}:{port}"
         print(
             f"Studbook ({mode}; data: {where})\n"
+            f"  graphql:   {base}/graphql   (GraphiQL in a browser; send the token as a bearer)\n"
             f"  events:    POST {base}/v1/events\n"
             f"  health:    {base}/healthz   {base}/readyz   metrics: {base}/metrics\n"
             + (
@@ -155,6 +166,7 @@ def run_up(
             ),
             flush=True,
         )
+        print("  try (on the demo):", *(f"    {q}" for q in EXAMPLE_QUERIES), sep="\n", flush=True)
         if load_demo:
             threading.Thread(
                 target=_load_demo_when_ready,
