@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/embedded_footprint.py [--repeat 5]
 
-Starts `studbook-server up --throwaway` (a fresh database each time: initdb included) and, with a
-kept data folder, a second start of the same database (the everyday restart). Measures the time
+Starts `studbook-server up` on a fresh data folder (initdb included; the demo loads in the
+background once the service is ready) and then a second time on the same folder (the everyday
+restart, with the demo's history in the store). Measures the time
 from launching the process to `/readyz` answering 200, then, after the service idles for a few
 seconds, the resident memory (RSS, and PSS where the kernel gives it) of the whole service: the
 Python process and every PostgreSQL process. Side by side in the same run, the same numbers for
