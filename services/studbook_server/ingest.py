@@ -25,7 +25,7 @@ from studbook_server.adapters.postgres import Incoming, Pool
 from studbook_server.adapters.publish import Publisher, PublishUnavailable
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, caught_up, decode
-from studbook_server.domain.contract import Violation, event_from_dict, validate_event
+from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
 
 # `\u0000` preceded by an even number of backslashes: a NUL that PostgreSQL cannot store.
 ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -167,8 +167,12 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
     if not parsed:
         return _invalid(gw, [Violation(0, "", "no events in the request")], 0)
     violations: list[Violation] = []
+    incoming: list[Incoming] = []
     for index, doc in enumerate(parsed):
-        violations.extend(validate_event(doc, index))
+        try:
+            incoming.append(Incoming(doc, event_from_dict(doc, index)))  # validates once
+        except InvalidEvent as exc:
+            violations.extend(exc.violations)
     if not violations and ESCAPED_NUL.search(body):
         for index, doc in enumerate(parsed):
             for path in _nul_paths(doc):
@@ -182,7 +186,6 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
         return _error(
             403, f"token `{principal.name}` may not write to project(s) {', '.join(forbidden)}"
         )
-    incoming = [Incoming(doc, event_from_dict(doc, i)) for i, doc in enumerate(parsed)]
     started = time.perf_counter()
     try:
         token = await gw.publisher.publish(incoming)

@@ -338,12 +338,21 @@ def _run_metrics_logged(s: StoredEvent, state: State, ch: Changes) -> None:
     points = ch.metric_points
     summaries = ch.metric_summaries
     parse = datetime.fromisoformat
+    # Points logged together share their timestamp text: parse each distinct one once.
+    last_ts: str | None = None
+    last_at = e.occurred_at
     for m in e.payload["metrics"]:
         key = m["key"]
         value = float(m["value"])
         step = m.get("step", 0)
         ts = m.get("timestamp")
-        at = parse(ts) if ts is not None else e.occurred_at
+        if ts is None:
+            at = e.occurred_at
+        elif ts == last_ts:
+            at = last_at
+        else:
+            at = last_at = parse(ts)
+            last_ts = ts
         points.append((e.project, run_id, key, step, value, at, s.position))
         skey = (e.project, run_id, key)
         summary = summaries.get(skey)
