@@ -153,6 +153,8 @@ def kafka_properties(s: Settings) -> str:
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={data}",
             "num.partitions=4",
+            # As large as the largest event the services produce (adapters/publish.py).
+            "message.max.bytes=8388608",
             "auto.create.topics.enable=true",
             "offsets.topic.replication.factor=1",
             "offsets.topic.num.partitions=4",

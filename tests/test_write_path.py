@@ -413,11 +413,18 @@ async def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_appli
     con = await postgres.connect(url)
     try:
         assert {r[0] for r in await con.fetch("SELECT run_id FROM runs")} == {"before", "after"}
-        dead = await con.fetchrow("SELECT event_id, source, reason FROM public.dead_letters")
+        dead = await con.fetchrow(
+            "SELECT event_id, source, reason, position FROM public.dead_letters"
+        )
         assert dead["event_id"] == evil["event_id"]
         assert "no_evil" in dead["reason"]
         assert dead["source"].startswith(f"kafka:{topic}/0@")
-        assert await con.fetchval("SELECT count(*) FROM public.events") == 2
+        # The refused event is kept in the store as claimed, and the dead letter points at it.
+        assert await con.fetchval("SELECT count(*) FROM public.events") == 3
+        stored = await con.fetchval(
+            "SELECT event_id::text FROM public.events WHERE position = $1", dead["position"]
+        )
+        assert stored == evil["event_id"]
         assert await con.fetchval("SELECT sum(next_offset) FROM public.consumer_offsets") == 3
     finally:
         await con.close()
@@ -468,3 +475,57 @@ async def test_a_restarted_projector_resumes_at_stored_offsets_without_redoing_w
         assert await con.fetchval("SELECT count(*) FROM public.events") == 25
     finally:
         await con.close()
+
+
+async def test_numbers_jsonb_rewrites_still_verify_and_rebuild_the_same(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    odd = [
+        {"key": "m", "value": v, "step": i} for i, v in enumerate([-0.0, 1e16, 3.4e38, 1e-7, 2.5])
+    ]
+    events = [
+        ev("run.started", "run:odd", {"name": "odd numbers"}),
+        ev("run.metrics.logged", "run:odd", {"metrics": odd}),
+        ev("run.params.logged", "run:odd", {"params": {"big": 1.8e19, "zero": -0.0}}),
+    ]
+    url = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
+    con = await postgres.connect(url)
+    try:
+        assert (await postgres.verify(con)).checked == 3
+    finally:
+        await con.close()
+    before = await dump_read_models(url)
+    await rebuild(url)
+    assert_same_read_models(await dump_read_models(url), before)
+
+
+async def test_redacting_a_field_the_history_needs_is_refused_and_the_rest_goes_on(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer,
+) -> None:  # fmt: skip
+    events: list[dict[str, Any] | bytes] = [
+        ev("run.started", "run:r", {"name": "kept", "environment": {"host": "gpu-7"}}),
+        ev("subject.redacted", "run:r", {"reason": "oops", "fields": ["name"]}),
+        ev("subject.redacted", "run:r", {"reason": "GDPR", "fields": ["environment.host"]}),
+        # A record whose event_id is not an id (with a NUL, even): dead-lettered, not fatal.
+        orjson.dumps({"event_id": "bad\u0000id", "type": "run.started"}),
+        ev("run.finished", "run:r", {"status": "completed"}),
+    ]
+    url = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
+    con = await postgres.connect(url)
+    try:
+        run = await con.fetchrow("SELECT name, status, environment FROM runs WHERE run_id = 'r'")
+        assert (run["name"], run["status"], run["environment"]) == ("kept", "completed", {})
+        reasons = [
+            r[0] for r in await con.fetch("SELECT reason FROM public.dead_letters ORDER BY id")
+        ]
+        assert len(reasons) == 2
+        assert any("may not erase name" in r for r in reasons)
+        assert any("invalid event" in r for r in reasons)
+        assert (await postgres.verify(con)).checked == 4
+    finally:
+        await con.close()
+    before = await dump_read_models(url)
+    await rebuild(url)
+    assert_same_read_models(await dump_read_models(url), before)

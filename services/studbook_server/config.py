@@ -17,7 +17,7 @@ class Settings:
     batch_timeout_ms: int
     log_level: str
     auth_disabled: bool = False
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
 
     @property
     def embedded(self) -> bool:
@@ -37,5 +37,5 @@ def load_settings(env_file: str | None = None) -> Settings:
         log_level=config("LOG_LEVEL", cast=str, default="INFO"),
         # Only for a laptop: every request is treated as an admin of every project.
         auth_disabled=config("AUTH_DISABLED", cast=bool, default=False),
-        max_body_bytes=config("MAX_BODY_BYTES", cast=int, default=16 * 1024 * 1024),
+        max_body_bytes=config("MAX_BODY_BYTES", cast=int, default=8 * 1024 * 1024),
     )

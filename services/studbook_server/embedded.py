@@ -51,11 +51,12 @@ def embedded_database(
     else:
         folder = data_dir or default_data_dir()
     pg = EmbeddedPostgres(folder / "postgres", port)
-    pg.start()
+    started = pg.start()  # False: another process runs this data folder's server; share it
     try:
         yield pg.url, folder
     finally:
-        pg.stop()
+        if started:
+            pg.stop()
         if throwaway:
             shutil.rmtree(folder, ignore_errors=True)
 

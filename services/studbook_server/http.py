@@ -29,7 +29,7 @@ from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePub
 from studbook_server.config import Settings, load_settings
 from studbook_server.errors import ConfigError
 from studbook_server.graphql import ApiDeps, graphql_routes
-from studbook_server.projector import StoreTailer
+from studbook_server.projector import KafkaProjector, StoreTailer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ class _Running:
     gateway: ingest.Gateway | None = None
     api: ApiDeps | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "the projector stopped: %r (the read models are no longer updated)", task.exception()
+        )
 
 
 def build_app(role: str, settings: Settings) -> Starlette:
@@ -63,7 +70,7 @@ def build_app(role: str, settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await postgres.create_pool(settings.database_url)
         running.pool = pool
-        tailer: StoreTailer | None = None
+        projector: StoreTailer | KafkaProjector | None = None
         kafka: KafkaPublisher | None = None
         try:
             async with pool.acquire() as con:
@@ -81,14 +88,23 @@ def build_app(role: str, settings: Settings) -> Starlette:
                     running.gateway = ingest.Gateway(settings, pool, running.publisher, metrics)
             if role in ("api", "up"):
                 running.api = ApiDeps(settings, pool, running.publisher)
-            if role == "up" and settings.embedded:
-                tailer = StoreTailer(settings)
-                running.background.append(asyncio.create_task(tailer.run()))
+            if role == "up":
+                # Everything in one process: the projector too (tailing the store, or Kafka).
+                projector = (
+                    StoreTailer(settings) if settings.embedded else KafkaProjector(settings, pool)
+                )
+                task = asyncio.create_task(projector.run(), name="studbook-projector")
+                task.add_done_callback(_report_death)
+                running.background.append(task)
             yield
         finally:
-            if tailer is not None:
-                tailer.stop()
-            await asyncio.gather(*running.background)
+            if projector is not None:
+                projector.stop()
+            for result in await asyncio.gather(*running.background, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError
+                ):
+                    log.error("the projector had failed: %r", result)
             if kafka is not None:
                 await kafka.stop()
             await pool.close()
@@ -114,6 +130,11 @@ def build_app(role: str, settings: Settings) -> Starlette:
             checks["postgres"] = f"unreachable: {exc}"
         if isinstance(running.publisher, KafkaPublisher):
             checks["kafka"] = await running.publisher.problem() or "ok"
+        for task in running.background:
+            # A dead projector means stale read models: not ready, and say why.
+            if task.done():
+                failure = task.exception() if not task.cancelled() else None
+                checks["projector"] = f"stopped: {failure!r}"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from studbook_server import auth
 from studbook_server.adapters.postgres import Incoming, Pool
-from studbook_server.adapters.publish import Publisher, PublishUnavailable
+from studbook_server.adapters.publish import Publisher, PublishTooLarge, PublishUnavailable
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, caught_up, decode
 from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
@@ -189,8 +189,10 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
     started = time.perf_counter()
     try:
         token = await gw.publisher.publish(incoming)
+    except PublishTooLarge as exc:
+        return _error(413, str(exc))
     except PublishUnavailable as exc:
-        return _error(503, f"{exc}; nothing was accepted, retry later")
+        return _error(503, f"{exc}; retry later (re-sending is safe)")
     gw.metrics.publish_seconds.observe(time.perf_counter() - started)
     gw.metrics.accepted.inc(len(incoming))
     return JSONResponse(

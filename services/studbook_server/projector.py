@@ -64,6 +64,7 @@ class Decoded:
 
 # `\u0000` preceded by an even number of backslashes (an escaped backslash then "u0000" is fine).
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
@@ -73,7 +74,8 @@ def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
     except orjson.JSONDecodeError as exc:
         return DeadLetter(None, source, f"not valid JSON: {exc}", raw)
     event_id = doc.get("event_id") if isinstance(doc, dict) else None
-    event_id = event_id if isinstance(event_id, str) else None
+    # Only a well-formed id is kept: anything else (say, with a NUL) could not even be stored.
+    event_id = event_id if isinstance(event_id, str) and _UUID.fullmatch(event_id) else None
     try:
         event = event_from_dict(doc)  # validates once, then upcasts
     except InvalidEvent as exc:
@@ -88,7 +90,8 @@ def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
 
 
 _DEAD_LETTER = """
-INSERT INTO public.dead_letters (event_id, position, source, reason, raw) VALUES ($1, NULL, $2, $3, $4)
+INSERT INTO public.dead_letters (event_id, position, source, reason, raw) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (position) WHERE position IS NOT NULL DO NOTHING
 """
 
 _STORE_OFFSETS = """
@@ -114,7 +117,7 @@ async def store_batch(
         changes = await apply_batch(con, stored)
         if decoded.dead:
             await con.executemany(
-                _DEAD_LETTER, [(d.event_id, d.source, d.reason, d.raw) for d in decoded.dead]
+                _DEAD_LETTER, [(d.event_id, None, d.source, d.reason, d.raw) for d in decoded.dead]
             )
         if next_offsets:
             parts = sorted(next_offsets)
@@ -130,18 +133,11 @@ async def store_batch(
         log.warning("dead-lettered record %s: %s", d.source, d.reason)
 
 
-# Failures of the connection or of concurrency: nothing was committed, and the same batch will
-# succeed later. Any other database error is about the data (see `_store_one_by_one`).
-TRANSIENT = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.UniqueViolationError,
-    asyncpg.exceptions.InvalidCachedStatementError,
-    asyncpg.exceptions.CannotConnectNowError,
-)
+async def pause(delay: float, stopping: asyncio.Event) -> float:
+    """Back off for ``delay`` seconds (or until stopping); return the next, longer delay."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=delay)
+    return min(delay * 2, 30.0)
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -151,7 +147,9 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self._p = projector
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._p.positioned.clear()
+        # Let the batch in flight commit first, so the next owner starts after it.
+        async with self._p.busy:
+            self._p.positioned.clear()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._p.seek_to_stored(list(assigned))
@@ -168,6 +166,7 @@ class KafkaProjector:
         # Set once the assigned partitions are positioned at the offsets PostgreSQL holds;
         # aiokafka completes an assignment before it awaits our listener, so `run` waits for it.
         self.positioned = asyncio.Event()
+        self.busy = asyncio.Lock()  # held while a batch is being stored
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.consumer_group,
@@ -187,13 +186,23 @@ class KafkaProjector:
         if not assigned:
             self.positioned.set()
             return
-        rows = await self.pool.fetch(
-            """SELECT partition, next_offset FROM public.consumer_offsets
-               WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])""",
-            self.settings.consumer_group,
-            self.settings.events_topic,
-            [tp.partition for tp in assigned],
-        )
+        delay = 0.5
+        while True:
+            try:
+                rows = await self.pool.fetch(
+                    """SELECT partition, next_offset FROM public.consumer_offsets
+                       WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])""",
+                    self.settings.consumer_group,
+                    self.settings.events_topic,
+                    [tp.partition for tp in assigned],
+                )
+                break
+            except Exception as exc:
+                # Without the stored offsets nothing may be consumed: wait for PostgreSQL.
+                if postgres.failure_kind(exc) != "retry" or self._stopping.is_set():
+                    raise
+                log.warning("%s: cannot read stored offsets (%s); retrying", self.name, exc)
+                delay = await pause(delay, self._stopping)
         stored = {r["partition"]: r["next_offset"] for r in rows}
         for tp in assigned:
             # Partitions without a stored offset start at the beginning by themselves
@@ -229,88 +238,123 @@ class KafkaProjector:
             await self.consumer.stop()
             log.info("%s stopped: %s", self.name, self.stats)
 
-    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _decode(
+        self, batch: dict[TopicPartition, list[Any]]
+    ) -> list[tuple[int, int, bytes, Incoming | DeadLetter]]:
+        """(partition, offset, raw value, decoded item) of the records not consumed before."""
+        out = []
+        for tp, records in batch.items():
+            floor = self._floor.get(tp.partition, 0)
+            for r in records:
+                if r.offset >= floor:
+                    source = f"kafka:{tp.topic}/{tp.partition}@{r.offset}"
+                    out.append((tp.partition, r.offset, r.value, decode_record(r.value, source)))
+        self.stats.records += len(out)
+        return out
+
+    async def _store(
+        self,
+        con: postgres.Connection,
+        items: Sequence[tuple[int, int, bytes, Incoming | DeadLetter]],
+    ) -> None:
         decoded = Decoded()
         next_offsets: dict[int, int] = {}
-        for tp, records in batch.items():
-            floor = self._floor.get(tp.partition, 0)
-            records = [r for r in records if r.offset >= floor]
-            for r in records:
-                item = decode_record(r.value, f"kafka:{tp.topic}/{tp.partition}@{r.offset}")
-                if isinstance(item, DeadLetter):
-                    decoded.dead.append(item)
-                else:
-                    decoded.incoming.append(item)
-            if records:
-                next_offsets[tp.partition] = records[-1].offset + 1
-            self.stats.records += len(records)
-        if not next_offsets:
-            return
-        delay = 0.5
-        while True:
-            try:
-                async with self.pool.acquire() as con:
-                    await store_batch(
-                        con,
-                        decoded,
-                        group_id=self.settings.consumer_group,
-                        topic=self.settings.events_topic,
-                        next_offsets=next_offsets,
-                        stats=self.stats,
-                    )
-                return
-            except TRANSIENT as exc:
-                # Nothing was committed: retry the same batch (never skip it) with back-off.
-                if self._stopping.is_set():
-                    # Stopping without storing is safe: the offsets were not stored either, so
-                    # the next projector starts from this batch again.
-                    log.warning("%s: stopping with an unstored batch (%s)", self.name, exc)
-                    return
-                self.stats.retries += 1
-                log.warning(
-                    "%s: storing a batch failed (%s); retrying in %.1fs", self.name, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            except asyncpg.PostgresError as exc:
-                # The data itself broke a statement. Find the event(s) responsible, dead-letter
-                # them with the database's reason, and store the rest: one bad event must not
-                # stop the pipeline (or stop it again on every restart).
-                log.warning("%s: a batch failed (%s); storing it event by event", self.name, exc)
-                await self._store_one_by_one(batch)
-                return
+        for partition, offset, _, item in items:
+            if isinstance(item, DeadLetter):
+                decoded.dead.append(item)
+            else:
+                decoded.incoming.append(item)
+            next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
+        await store_batch(
+            con, decoded, group_id=self.settings.consumer_group,
+            topic=self.settings.events_topic, next_offsets=next_offsets, stats=self.stats,
+        )  # fmt: skip
 
-    async def _store_one_by_one(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        for tp, records in batch.items():
-            floor = self._floor.get(tp.partition, 0)
-            for r in records:
-                if r.offset < floor:
-                    continue
-                source = f"kafka:{tp.topic}/{tp.partition}@{r.offset}"
-                item = decode_record(r.value, source)
-                single = Decoded()
-                if isinstance(item, DeadLetter):
-                    single.dead.append(item)
-                else:
-                    single.incoming.append(item)
-                kwargs: dict[str, Any] = {
-                    "group_id": self.settings.consumer_group,
-                    "topic": self.settings.events_topic,
-                    "next_offsets": {tp.partition: r.offset + 1},
-                    "stats": self.stats,
-                }
-                async with self.pool.acquire() as con:
-                    try:
-                        await store_batch(con, single, **kwargs)
-                    except asyncpg.PostgresError as exc:
-                        if isinstance(exc, TRANSIENT):
-                            raise
-                        assert isinstance(item, Incoming)
-                        reason = f"could not be applied: {type(exc).__name__}: {exc}"
-                        dead = Decoded(
-                            dead=[DeadLetter(item.event.event_id, source, reason, r.value)]
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        items = self._decode(batch)
+        if not items:
+            return
+        async with self.busy:
+            delay, races = 0.5, 0
+            while True:
+                try:
+                    async with self.pool.acquire() as con:
+                        await self._store(con, items)
+                    return
+                except Exception as exc:
+                    kind = postgres.failure_kind(exc)
+                    if isinstance(exc, asyncpg.UniqueViolationError):
+                        races += 1  # another projector stored these first: retrying dedupes
+                        kind = "retry" if races < 3 else "data"
+                    if kind == "fatal":
+                        raise
+                    if kind == "data":
+                        # The data broke a statement: store event by event, dead-lettering the
+                        # one(s) responsible, so one bad event never stops the pipeline (nor
+                        # stops it again on every restart).
+                        log.warning(
+                            "%s: a batch failed (%s); storing it event by event", self.name, exc
                         )
-                        await store_batch(con, dead, **kwargs)
+                        await self._store_one_by_one(items)
+                        return
+                    # Nothing was committed: retry the same batch (never skip it).
+                    if self._stopping.is_set():
+                        # Safe: the offsets were not stored either, so this batch comes again.
+                        log.warning("%s: stopping with an unstored batch (%s)", self.name, exc)
+                        return
+                    self.stats.retries += 1
+                    log.warning(
+                        "%s: storing a batch failed (%s); retrying in %.1fs", self.name, exc, delay
+                    )
+                    delay = await pause(delay, self._stopping)
+
+    async def _store_one_by_one(
+        self, items: Sequence[tuple[int, int, bytes, Incoming | DeadLetter]]
+    ) -> None:
+        for one in items:
+            delay = 0.5
+            while True:
+                try:
+                    async with self.pool.acquire() as con:
+                        try:
+                            await self._store(con, [one])
+                        except Exception as exc:
+                            if postgres.failure_kind(exc) != "data":
+                                raise
+                            await self._store_refused(con, one, exc)
+                    break
+                except Exception as exc:
+                    if postgres.failure_kind(exc) != "retry":
+                        raise
+                    if self._stopping.is_set():
+                        return
+                    delay = await pause(delay, self._stopping)
+
+    async def _store_refused(
+        self, con: postgres.Connection, one: tuple[int, int, bytes, Incoming | DeadLetter],
+        exc: BaseException,
+    ) -> None:  # fmt: skip
+        """Keep a valid event the read models refuse: in the store (as claimed) and in the dead
+        letters with its position and the database's reason; then move past it."""
+        partition, offset, raw, item = one
+        source = f"kafka:{self.settings.events_topic}/{partition}@{offset}"
+        reason = f"could not be applied: {type(exc).__name__}: {exc}"
+        async with con.transaction():
+            position = None
+            event_id = None
+            if isinstance(item, Incoming):
+                event_id = item.event.event_id
+                stored = await postgres.append(con, [item])
+                position = stored[0].position if stored else None
+            else:  # a dead letter the database refused (it cannot: keep the bare facts)
+                reason = f"{item.reason} (stored without details: {type(exc).__name__})"
+            await con.execute(_DEAD_LETTER, event_id, position, source, reason, raw)
+            await con.execute(
+                _STORE_OFFSETS, self.settings.consumer_group, self.settings.events_topic,
+                [partition], [offset + 1],
+            )  # fmt: skip
+        self.stats.dead_letters += 1
+        log.warning("dead-lettered %s (position %s): %s", source, position, reason)
 
 
 class StoreTailer:
@@ -333,8 +377,7 @@ class StoreTailer:
                 con = await postgres.connect(self.settings.database_url)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("tailer: cannot reach PostgreSQL (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = await pause(delay, self._stopping)
                 continue
             delay = 0.5
             try:
@@ -344,7 +387,9 @@ class StoreTailer:
                     await catch_up(con, batch=self.batch)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
+                if postgres.failure_kind(exc) != "retry":
+                    raise
                 log.warning("tailer: lost PostgreSQL (%s); reconnecting", exc)
             finally:
                 if not con.is_closed():
@@ -360,9 +405,9 @@ async def run_projector(settings: Settings | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    async with postgres_pool(settings) as pool:
-        if stop_requested.is_set():
-            return 0
+    async with postgres_pool(settings, stop_requested) as pool:
+        if pool is None:
+            return 0  # asked to stop while waiting for PostgreSQL
         async with pool.acquire() as con:
             await postgres.migrate(con)
         runner: KafkaProjector | StoreTailer
@@ -383,20 +428,25 @@ async def _forward_stop(requested: asyncio.Event, runner: KafkaProjector | Store
 
 
 class postgres_pool:
-    def __init__(self, settings: Settings) -> None:
+    """A pool, waiting for PostgreSQL with back-off (or until ``stopping``) at start."""
+
+    def __init__(self, settings: Settings, stopping: asyncio.Event | None = None) -> None:
         self.settings = settings
+        self.stopping = stopping or asyncio.Event()
         self.pool: postgres.Pool | None = None
 
-    async def __aenter__(self) -> postgres.Pool:
+    async def __aenter__(self) -> postgres.Pool | None:
         delay = 0.5
-        while True:
+        while not self.stopping.is_set():
             try:
                 self.pool = await postgres.create_pool(self.settings.database_url)
                 return self.pool
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+            except Exception as exc:
+                if postgres.failure_kind(exc) != "retry":
+                    raise
                 log.warning("cannot reach PostgreSQL (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = await pause(delay, self.stopping)
+        return None
 
     async def __aexit__(self, *exc: object) -> None:
         if self.pool is not None:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from studbook_server.adapters import postgres
-from studbook_server.adapters.readmodels import apply_batch, catch_up
+from studbook_server.adapters.readmodels import catch_up
 
 Progress = Callable[[int, int], None]
 
@@ -45,14 +45,9 @@ async def rebuild(database_url: str, *, batch: int = 5000, progress: Progress | 
             if n == 0:
                 break
         async with con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock($1)", postgres.STORE_LOCK)
-            while True:
-                after = await con.fetchval("SELECT position FROM rm_new.checkpoint")
-                events = await postgres.read_events(con, after, batch)
-                if not events:
-                    break
-                await apply_batch(con, events)
-                done += len(events)
+            await postgres.store_lock(con)
+            # The last stretch, with the same safety net as the bulk (nested: savepoints).
+            done += await catch_up(con, batch=batch)
             await con.execute("ALTER SCHEMA rm RENAME TO rm_old")
             await con.execute("ALTER SCHEMA rm_new RENAME TO rm")
             await con.execute("DROP SCHEMA rm_old CASCADE")

@@ -2,8 +2,8 @@
 
 Each line is an event's wire envelope as stored (its own schema version, redactions applied) plus
 the store's `recorded_at` and `position`. Importing appends the events not yet present (by
-`event_id`, so re-importing is a no-op) with their original `recorded_at`, so a fresh instance
-rebuilt from an export has the same read models, time travel included.
+`event_id`, so re-importing is a no-op) with their original `recorded_at`, and projects them in
+the same transaction, so a fresh instance has the same read models, time travel included.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import orjson
 
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Connection, Incoming
+from studbook_server.adapters.readmodels import apply_batch, catch_up
 from studbook_server.domain.contract import InvalidEvent, event_from_dict
 from studbook_server.errors import StudbookError
 
@@ -99,7 +100,13 @@ async def import_events(
     async def flush() -> None:
         nonlocal appended
         async with con.transaction():
-            appended += len(await postgres.append(con, chunk))
+            await postgres.store_lock(con)
+            # Project what the store already holds first, then the imported events, in the same
+            # transaction as their append: the read models never skip or reorder an event.
+            await catch_up(con)
+            stored = await postgres.append(con, chunk)
+            await apply_batch(con, stored)
+            appended += len(stored)
         chunk.clear()
 
     for item in _incoming(lines):
@@ -135,7 +142,6 @@ async def export_main(path: str | None) -> int:
 async def import_main(path: str) -> int:
     from rich.progress import Progress as Bar
 
-    from studbook_server.adapters.readmodels import catch_up
     from studbook_server.config import load_settings
 
     settings = load_settings()
@@ -147,9 +153,6 @@ async def import_main(path: str) -> int:
             read, appended = await import_events(
                 con, src, progress=lambda n: bar.update(task, completed=n)
             )
-            if settings.embedded:
-                # Kafka deployments project through their projectors; embedded mode projects here.
-                await catch_up(con)
     finally:
         await con.close()
     print(f"import-events: read {read} events, appended {appended} new ones", file=sys.stderr)

@@ -6,10 +6,10 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 import orjson
@@ -29,6 +29,39 @@ NOTIFY_CHANNEL = "studbook_events"
 
 Pool: TypeAlias = asyncpg.Pool
 Connection: TypeAlias = asyncpg.Connection
+
+
+FailureKind = Literal["retry", "data", "fatal"]
+
+# SQLSTATE classes: 08 connection, 53 insufficient resources, 57 operator intervention (shutdown,
+# statement cancelled or timed out), 58 system error. 40001/40P01: serialisation failure and
+# deadlock; 55P03: lock not available; 23505: a unique key raced with another projector.
+_RETRY_CLASSES = frozenset({"08", "53", "57", "58"})
+_RETRY_STATES = frozenset({"40001", "40P01", "55P03", "23505"})
+# 22 data exception, 23 integrity constraint violation, 54 program limit exceeded: the data.
+_DATA_CLASSES = frozenset({"22", "23", "54"})
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """What a failed write means: `retry` (nothing is wrong with the data: back off and try the
+    same again), `data` (the data broke a statement: find the event and dead-letter it) or
+    `fatal` (a bug: let the process fail loudly)."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return "retry"
+    if isinstance(exc, asyncpg.exceptions.InvalidCachedStatementError):
+        return "retry"  # a rebuild swapped the read models under a prepared statement
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state in _RETRY_STATES or state[:2] in _RETRY_CLASSES:
+            return "retry"
+        if state[:2] in _DATA_CLASSES:
+            return "data"
+    return "fatal"
+
+
+async def store_lock(con: Connection) -> None:
+    """Take the store lock for the rest of the caller's transaction."""
+    await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
 
 
 async def _init_connection(con: Connection) -> None:
@@ -155,7 +188,7 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
     Must run inside a transaction: it takes the store lock, which is held until commit, so
     positions and the hash chain are assigned in commit order.
     """
-    await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+    await store_lock(con)
     if not incoming:
         return []
     ids = [i.doc["event_id"] for i in incoming]
@@ -181,6 +214,10 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
     stored = []
     for item in fresh:
         doc, e = item.doc, item.event
+        payload = doc["payload"]
+        if chain.needs_jsonb_normal(orjson.dumps(payload)):
+            payload = chain.jsonb_normal(payload)
+            e = replace(e, payload=chain.jsonb_normal(e.payload))
         position += 1
         seq = seqs[(e.project, e.subject)] + 1
         seqs[(e.project, e.subject)] = seq
@@ -198,7 +235,7 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
             "correlation_id": e.correlation_id,
             "causation_id": e.causation_id,
             "producer": e.producer,
-            "payload": doc["payload"],
+            "payload": payload,
         }
         content = chain.content_hash(**fields)
         previous = chain.link(previous, content)

@@ -9,16 +9,24 @@ from typing import Protocol
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
 from studbook_server.consistency import KafkaToken, StoreToken, Token
 from studbook_server.errors import StudbookError
 
+# The largest event Kafka takes: the broker's message.max.bytes (scripts/stack.py,
+# docker-compose.yml) is set to the same.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
 
 class PublishUnavailable(StudbookError):
     """The transport could not take the events; nothing was acknowledged (clients retry)."""
+
+
+class PublishTooLarge(StudbookError):
+    """An event is larger than Kafka accepts; retrying cannot help (the client must split it)."""
 
 
 class Publisher(Protocol):
@@ -58,7 +66,7 @@ class KafkaPublisher:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=MAX_EVENT_BYTES,
         )
 
     async def start(self) -> None:
@@ -76,8 +84,15 @@ class KafkaPublisher:
                 for i in events
             ]
             sent = await asyncio.gather(*futures)
+        except MessageSizeTooLargeError as exc:
+            raise PublishTooLarge(
+                f"an event is larger than Kafka accepts ({MAX_EVENT_BYTES} bytes): send fewer "
+                "metric points per event"
+            ) from exc
         except KafkaError as exc:
-            raise PublishUnavailable(f"Kafka did not acknowledge the events: {exc}") from exc
+            # Some events of the request may have been written: a retry re-sends them, and the
+            # projector stores each event id once.
+            raise PublishUnavailable(f"Kafka did not acknowledge every event: {exc}") from exc
         offsets: dict[int, int] = {}
         for meta in sent:
             offsets[meta.partition] = max(offsets.get(meta.partition, -1), meta.offset)

@@ -12,7 +12,13 @@ from typing import Any
 
 import orjson
 
-from studbook_server.adapters.postgres import Connection, read_events
+from studbook_server.adapters.postgres import (
+    Connection,
+    failure_kind,
+    read_events,
+    store_lock,
+    stored_event,
+)
 from studbook_server.domain.contract import encode_event
 from studbook_server.domain.projection import (
     Assignment,
@@ -324,8 +330,6 @@ async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reas
                ORDER BY position""",
             e.project, e.subject,
         )  # fmt: skip
-        from studbook_server.adapters.postgres import stored_event
-
         for row in rows:
             started = stored_event(row)
             ch = project([started], State())
@@ -346,17 +350,14 @@ async def catch_up(con: Connection, *, batch: int = 5000, until: int | None = No
     One transaction per batch, each holding the store lock, so this never interleaves with an
     append-and-project transaction of a Kafka projector or with a rebuild's swap. An event whose
     rows the database refuses is dead-lettered with that reason and skipped, so it cannot stall
-    the read models.
+    the read models; a failure that is not about the data propagates (the caller retries).
     """
-    import asyncpg
-
-    from studbook_server.adapters.postgres import STORE_LOCK
-
     total = 0
     while True:
+        events: list[StoredEvent] = []
         try:
             async with con.transaction():
-                await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+                await store_lock(con)
                 after = await con.fetchval("SELECT position FROM checkpoint")
                 events = await read_events(con, after, batch)
                 if until is not None:
@@ -364,29 +365,29 @@ async def catch_up(con: Connection, *, batch: int = 5000, until: int | None = No
                 if not events:
                     return total
                 await apply_batch(con, events)
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-            raise
-        except asyncpg.PostgresError:
+        except Exception as exc:
+            if failure_kind(exc) != "data" or not events:
+                raise
             await _apply_one_by_one(con, events)
         total += len(events)
 
 
 async def _apply_one_by_one(con: Connection, events: list[StoredEvent]) -> None:
-    import asyncpg
-
-    from studbook_server.adapters.postgres import STORE_LOCK
-
     for stored in events:
         try:
             async with con.transaction():
-                await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
+                await store_lock(con)
+                # Re-read under the lock: another tailer may have applied it meanwhile.
+                if await con.fetchval("SELECT position FROM checkpoint") >= stored.position:
+                    continue
                 await apply_batch(con, [stored])
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-            raise
-        except asyncpg.PostgresError as exc:
+        except Exception as exc:
+            if failure_kind(exc) != "data":
+                raise
             reason = f"could not be applied: {type(exc).__name__}: {exc}"
             log.warning("dead-lettered event at position %d: %s", stored.position, reason)
             async with con.transaction():
+                await store_lock(con)
                 await con.execute(
                     _DEAD_LETTER, stored.event.event_id, stored.position, reason,
                     encode_event(stored.event),

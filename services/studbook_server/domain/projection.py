@@ -174,15 +174,16 @@ def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
     for stored in events:
         e = stored.event
         p = e.payload
+        # `.get`: a payload missing a field is refused by its rule in `project`, not here.
         if e.type == "dataset.version.created":
-            versions.add((e.project, e.subject_key, p["version"]))
+            versions.add((e.project, e.subject_key, str(p.get("version"))))
             datasets.add((e.project, e.subject_key))
         elif e.type.startswith("model."):
             models.add((e.project, e.subject_key))
             if e.type in ("model.alias.set", "model.alias.removed"):
-                assignments.add((e.project, "alias", e.subject_key, p["alias"]))
+                assignments.add((e.project, "alias", e.subject_key, str(p.get("alias"))))
             elif e.type in ("model.version.deployed", "model.version.undeployed"):
-                assignments.add((e.project, "deployment", e.subject_key, p["environment"]))
+                assignments.add((e.project, "deployment", e.subject_key, str(p.get("environment"))))
     return StateKeys(
         frozenset(versions), frozenset(datasets), frozenset(models), frozenset(assignments)
     )
@@ -216,6 +217,10 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
             rule(stored, state, changes)
         except Rejected as exc:
             changes.rejected.append((stored, str(exc)))
+        except (KeyError, TypeError, ValueError) as exc:
+            # A payload the schema admits but a rule cannot use (e.g. a field erased by a
+            # redaction): the event is refused, never the batch.
+            changes.rejected.append((stored, f"cannot be applied: {type(exc).__name__}: {exc}"))
     return changes
 
 
@@ -579,8 +584,22 @@ def _annotation_added(s: StoredEvent, state: State, ch: Changes) -> None:
     )
 
 
+# Fields that identify things or carry lineage: erasing them would break the history itself.
+# Redaction is for personal data (hosts, repository URLs, free text), not for these.
+NOT_REDACTABLE = frozenset({
+    "name", "version", "digest", "dataset", "run", "alias", "environment", "status", "metrics",
+    "params", "tags", "role", "parents", "produced_by_run", "artifact_uri", "uri", "parent_run",
+})  # fmt: skip
+
+
 def _subject_redacted(s: StoredEvent, state: State, ch: Changes) -> None:
     p = s.event.payload
+    refused = sorted(f for f in p["fields"] if f.split(".")[0] in NOT_REDACTABLE and "." not in f)
+    if refused:
+        raise Rejected(
+            f"`subject.redacted` may not erase {', '.join(refused)}: they identify the subject or "
+            "carry its lineage; redact personal fields such as `environment.host` instead"
+        )
     ch.redactions.append(Redaction(s, tuple(p["fields"]), p["reason"]))
 
 
