@@ -86,7 +86,7 @@ class Settings:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+        return EmbeddedPostgres(self.pg_dir, self.pg_port).url
 
 
 def log(msg: str) -> None:
@@ -285,7 +285,7 @@ def stop_pid(pidfile: Path, name: str) -> None:
 
 
 def postgres(s: Settings) -> EmbeddedPostgres:
-    return EmbeddedPostgres(s.pg_dir, s.pg_port)
+    return EmbeddedPostgres(s.pg_dir, s.pg_port)  # password: s.pg_dir / "password"
 
 
 def pg_up(s: Settings) -> None:

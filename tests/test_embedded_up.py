@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from starlette.testclient import TestClient
 from studbook_server.adapters import postgres
 from studbook_server.domain.contract import event_from_dict
 from studbook_server.embedded import EXAMPLE_QUERIES
+from studbook_server.embedded_pg import EmbeddedPostgres
 from studbook_server.http import build_app
 from tests.support import ev, settings_for
 
@@ -196,7 +198,8 @@ def test_first_start_loads_the_demo_through_the_sdk() -> None:
             time.sleep(0.2)
 
         async def facts() -> dict[str, Any]:
-            con = await postgres.connect(f"postgresql://postgres@127.0.0.1:{up.pg_port}/postgres")
+            pg = EmbeddedPostgres(Path(data_dir) / "postgres", up.pg_port)
+            con = await postgres.connect(pg.url)
             try:
                 for _ in range(100):  # the tailer projects shortly after the demo's last write
                     head = await postgres.head_position(con)

@@ -117,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_text, port in (
         ("api", _cmd_api, "serve the GraphQL API over HTTP", 8080),
         ("ingest", _cmd_ingest, "serve the ingest gateway (POST /v1/events) over HTTP", 8081),
-        ("up", _cmd_up, "run Studbook in one process on the embedded default (no Kafka)", 8080),
+        (
+            "up",
+            _cmd_up,
+            "run Studbook in one process (gateway, projector, API); embedded PostgreSQL and no "
+            "Kafka unless STUDBOOK_DATABASE_URL / STUDBOOK_KAFKA_BOOTSTRAP say otherwise",
+            8080,
+        ),
     ):
         p = add(name, handler, help_text)
         p.add_argument(
@@ -145,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", default="http://127.0.0.1:8080", help="the Studbook to report to")
     demo.add_argument("--token", default=None, help="a token with write scope (STUDBOOK_TOKEN)")
     demo.add_argument("--workdir", type=Path, default=None, help="where the demo's data files go")
-    add("projector", _cmd_projector, "consume events from Kafka into the PostgreSQL read models")
+    add(
+        "projector", _cmd_projector,
+        "project events into the PostgreSQL read models: from Kafka when STUDBOOK_KAFKA_BOOTSTRAP "
+        "is set, else by tailing the event store",
+    )  # fmt: skip
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
     add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")
     add("rebuild", _cmd_rebuild, "replay the event store into fresh read models and swap them in")

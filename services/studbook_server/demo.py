@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="studbook-server demo", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--token", default=None)
+    parser.add_argument("--token", default=os.environ.get("STUDBOOK_TOKEN"))
     parser.add_argument("--workdir", type=Path, default=None, help="where demo data files go")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="studbook-demo-"))

