@@ -8,7 +8,6 @@ work out which half of a batch went through.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,14 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from studbook_server import auth
+from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming, Pool
 from studbook_server.adapters.publish import Publisher, PublishTooLarge, PublishUnavailable
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, caught_up, decode
 from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
-
-# `\u0000` preceded by an even number of backslashes: a NUL that PostgreSQL cannot store.
-ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class GatewayMetrics:
@@ -174,7 +171,7 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
             incoming.append(Incoming(doc, event_from_dict(doc, index)))  # validates once
         except InvalidEvent as exc:
             violations.extend(exc.violations)
-    if not violations and ESCAPED_NUL.search(body):
+    if not violations and postgres.contains_nul(body):
         for index, doc in enumerate(parsed):
             for path in _nul_paths(doc):
                 violations.append(

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Stats:
-    """Counters a projector keeps (exposed in logs and, with the API, as metrics)."""
+    """Counters a projector keeps; logged when it stops (dead letters are also logged one by
+    one, and kept in `public.dead_letters`)."""
 
     batches: int = 0
     records: int = 0
@@ -62,8 +63,6 @@ class Decoded:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-# `\u0000` preceded by an even number of backslashes (an escaped backslash then "u0000" is fine).
-_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -81,7 +80,7 @@ def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
     except InvalidEvent as exc:
         reason = "; ".join(f"{v.path or '/'}: {v.message}" for v in exc.violations[:20])
         return DeadLetter(event_id, source, f"invalid event: {reason}", raw)
-    if b"u0000" in raw and _ESCAPED_NUL.search(raw):
+    if postgres.contains_nul(raw):
         # PostgreSQL's text and jsonb cannot hold NUL; storing it would fail the whole batch.
         return DeadLetter(
             event_id, source, "contains a NUL character (\\u0000), which cannot be stored", raw

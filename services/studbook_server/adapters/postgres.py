@@ -59,6 +59,16 @@ def failure_kind(exc: BaseException) -> FailureKind:
     return "fatal"
 
 
+# `\u0000` preceded by an even number of backslashes in JSON text: a NUL character, which
+# PostgreSQL's text and jsonb cannot hold (an escaped backslash followed by "u0000" is fine).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def contains_nul(encoded: bytes) -> bool:
+    """Whether JSON text holds a NUL character, which the store cannot keep."""
+    return b"u0000" in encoded and _ESCAPED_NUL.search(encoded) is not None
+
+
 async def store_lock(con: Connection) -> None:
     """Take the store lock for the rest of the caller's transaction."""
     await con.execute("SELECT pg_advisory_xact_lock($1)", STORE_LOCK)
