@@ -50,7 +50,9 @@ class Config:
     batch_bytes: int = 1 << 20
     linger_s: float = 0.2
     # Bounded hand-over queue between callers and the background thread (back-pressure when full).
-    queue_size: int = 100_000
+    # An item is one event or a chunk of up to 1000 metric points, so 64 items bound what waits
+    # in memory to about 64k points (a few MB) while keeping the sender busy (bench/README.md).
+    queue_size: int = 64
     # Retry of an unavailable transport: back-off doubling from the first to the last value.
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
