@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import jsonschema
 import orjson
 import pytest
 
@@ -185,7 +186,7 @@ def test_schema_file_is_a_documented_2020_12_schema(path: Path) -> None:
     assert schema["title"].strip()
     assert schema["description"].strip().endswith(".")
     # jsonschema (a dev dependency) is the reference implementation of the meta-schema.
-    jsonschema = pytest.importorskip("jsonschema")
+
     jsonschema.Draft202012Validator.check_schema(schema)
     fastjsonschema.compile(contract._for_fastjsonschema(schema))
     for where, sub in subschemas(schema):
@@ -227,7 +228,7 @@ def test_subject_rules_use_the_id_patterns_of_the_schemas() -> None:
 
 @pytest.mark.parametrize("key", sorted(payload_files()), ids=lambda k: f"{k[0]}.v{k[1]}")
 def test_schema_examples_are_valid(key: tuple[str, int]) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+
     schema = load(payload_files()[key])
     assert schema["examples"], "examples feed the event reference docs"
     for example in schema["examples"]:
@@ -529,7 +530,7 @@ def test_bad_property_names_are_pointed_at() -> None:
 def test_payload_violation_messages(event_type: str, payload: Any, path: str, message: str) -> None:
     assert validate_event(make_event(event_type, payload)) == [Violation(0, path, message)]
     # The reference implementation agrees that the payload is invalid.
-    jsonschema = pytest.importorskip("jsonschema")
+
     schema = load(schema_path(f"{event_type}.v{CURRENT_VERSIONS[event_type]}"))
     assert not jsonschema.Draft202012Validator(schema).is_valid(payload)
 
