@@ -163,3 +163,34 @@ async def test_embedded_gateway_appends_to_the_store_and_the_token_waits_for_pro
         assert await con.fetchval("SELECT count(*) FROM public.events") == 2
     finally:
         await con.close()
+
+
+async def test_up_with_kafka_configured_publishes_and_projects_in_one_process(
+    services: Services, database_factory: Factory, topic_factory: Factory
+) -> None:
+    url = await database_factory()
+    topic = await topic_factory(partitions=2)
+    settings = settings_for(
+        url, services.kafka_bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}", auth_disabled=True
+    )
+    events = [
+        ev("run.started", "run:both", {"name": "up on Kafka"}),
+        ev("run.finished", "run:both", {"status": "completed"}),
+    ]
+    with TestClient(build_app("up", settings)) as client:
+        r = client.post("/v1/events", json=events)
+        assert r.status_code == 202, r.text
+        token = r.json()["consistency_token"]
+        assert token.startswith("k1.")  # through Kafka, not the store
+        for _ in range(200):
+            if client.get("/v1/consistency", params={"token": token}).json()["caught_up"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the projector inside `up` never consumed the events")
+        ready = client.get("/readyz").json()
+        assert ready["checks"] == {"postgres": "ok", "kafka": "ok"}
+        answer = client.post(
+            "/graphql", json={"query": '{ run(id: "churn/run:both") { status } }'}
+        ).json()
+        assert answer["data"]["run"]["status"] == "COMPLETED"
