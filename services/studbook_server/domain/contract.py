@@ -547,7 +547,11 @@ _INT64_MAX = 2**63 - 1
 def _metric_schema() -> tuple[re.Pattern[str], int, int]:
     metrics = _load_schema("run.metrics.logged.v1")["properties"]["metrics"]
     stamp = metrics["items"]["properties"]["timestamp"]["pattern"]
-    return re.compile(stamp), metrics["maxItems"], metrics["items"]["properties"]["key"]["maxLength"]
+    return (
+        re.compile(stamp),
+        metrics["maxItems"],
+        metrics["items"]["properties"]["key"]["maxLength"],
+    )
 
 
 def _metrics_v1_fast_ok(payload: object) -> bool:
