@@ -31,33 +31,57 @@ import contextlib
 import cProfile
 import gc
 import hashlib
-import io
-import json
 import os
-import platform
-import pstats
 import random
-import re
 import shlex
-import signal
-import statistics
 import sys
 import time
 import tracemalloc
 import uuid
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
+from _common import (
+    PARTITIONS,
+    POLL_S,
+    PROJECT,
+    ROOT,
+    SERVER,
+    BenchError,
+    Service,
+    add_profile_args,
+    add_service_args,
+    backend_cpu,
+    cpu_delta,
+    create_topic,
+    database_name,
+    fresh_database,
+    gate_waiting,
+    guarded,
+    hold_start_gate,
+    log,
+    machine_info,
+    median,
+    open_start_gate,
+    print_pstats,
+    proc_cpu_s,
+    proc_status_kib,
+    produce,
+    profiled,
+    run_bench,
+    service_defaults,
+    service_env,
+    top_functions,
+    wait_total,
+)
 from studbook_server.adapters import postgres
 from studbook_server.adapters.readmodels import load_state, write_changes
 from studbook_server.domain.contract import event_from_dict, validate_event
@@ -71,32 +95,17 @@ from studbook_server.projector import (
     store_batch,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / ".venv" / "bin" / "studbook-server"
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/postgres"
-
 TARGET_METRIC_POINTS_PER_S = 100_000
 TARGET_OTHER_EVENTS_PER_S = 10_000
 TARGET_RSS_MIB = 150
 
-PARTITIONS = 4
-PROJECT = "bench"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 METRIC_KEYS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
-POLL_S = 0.02
 # The projector's batch_max_records when STUDBOOK_BATCH_MAX_RECORDS is unset (config.py).
 PROJECTOR_DEFAULT_BATCH = 2000
 
 Row = tuple[Any, ...]
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
+DATABASE_PREFIX = "studbook_bench_"
 
 
 # ------------------------------------------------------------------------------- generator
@@ -306,117 +315,6 @@ def point_rows(stream: Stream) -> list[Row]:
     return rows
 
 
-# ------------------------------------------------------------------------------ services
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_url: str, *, migrate: bool = True) -> AsyncIterator[str]:
-    """A new database with a random name (migrated), dropped on exit."""
-    name = f"studbook_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')  # name made above, never from input
-        url = with_database(admin_url, name)
-        try:
-            if migrate:
-                con = await postgres.connect(url)
-                try:
-                    await postgres.migrate(con)
-                finally:
-                    await con.close()
-            yield url
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-async def create_topic(admin: AIOKafkaAdminClient, name: str) -> None:
-    await admin.create_topics(
-        [NewTopic(name=name, num_partitions=PARTITIONS, replication_factor=1)]
-    )
-    for _ in range(200):
-        if name in await admin.list_topics():
-            return
-        await asyncio.sleep(0.05)
-    raise BenchError(f"topic {name} did not appear")
-
-
-async def produce(bootstrap: str, topic: str, stream: Stream) -> int:
-    """Produce every record (idempotent, acks=all); return the topic's end offset sum."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=1 << 20,
-        max_request_size=16 << 20,
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in stream.records]
-        await producer.flush()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    # (AIOKafkaAdminClient 0.14 has no list_offsets; a group-less consumer asks instead.)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-    total = int(sum(ends.values()))
-    if total != len(stream.records):
-        raise BenchError(f"topic {topic} holds {total} records, expected {len(stream.records)}")
-    return total
-
-
-# --------------------------------------------------------------------------- /proc readers
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_status_kib(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value = line.split(":", 1)
-                out[name] = int(value.split()[0])
-    return out
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process (None if it is gone or unreadable)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-async def backend_pids(con: asyncpg.Connection, database: str) -> list[int]:
-    rows = await con.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'studbook'",
-        database,
-    )
-    return [r[0] for r in rows]
-
-
-def cpu_of(pids: Sequence[int]) -> dict[int, float]:
-    out = {}
-    for pid in pids:
-        cpu = proc_cpu_s(pid)
-        if cpu is not None:
-            out[pid] = cpu
-    return out
-
-
 # ------------------------------------------------------------------------ projector process
 
 
@@ -442,21 +340,6 @@ class ProjectorRun:
         return self.units / self.elapsed_s
 
 
-class ProjectorLog:
-    """Drains the projector's stderr, keeping its tail and its final Stats."""
-
-    def __init__(self) -> None:
-        self.tail: deque[str] = deque(maxlen=40)
-        self.stats: dict[str, int] = {}
-
-    async def pump(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            self.tail.append(text)
-            if " stopped: Stats(" in text:
-                self.stats = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
-
-
 async def run_projector(
     *,
     stream: Stream,
@@ -470,92 +353,62 @@ async def run_projector(
     cprofile_out: Path | None = None,
 ) -> ProjectorRun:
     """One timed projection of `topic` into a fresh database by a `studbook-server projector`."""
-    async with fresh_database(admin_url) as url:
-        database = urlsplit(url).path.lstrip("/")
+    async with fresh_database(admin_url, DATABASE_PREFIX) as url:
+        database = database_name(url)
         group = f"bench-{uuid.uuid4().hex[:12]}"
-        env = dict(os.environ)
-        env.update(
-            STUDBOOK_DATABASE_URL=url,
-            STUDBOOK_KAFKA_BOOTSTRAP=bootstrap,
-            STUDBOOK_EVENTS_TOPIC=topic,
-            STUDBOOK_CONSUMER_GROUP=group,
-            STUDBOOK_LOG_LEVEL="INFO",
-        )
+        # The whole environment (STUDBOOK_WHATIF_* too, for what_if_projector.py).
+        env = service_env(url, bootstrap, topic, group, "INFO", inherit=True)
         if batch_max_records is not None:
             env["STUDBOOK_BATCH_MAX_RECORDS"] = str(batch_max_records)
         else:
             env.pop("STUDBOOK_BATCH_MAX_RECORDS", None)
         con = await asyncpg.connect(url)
-        # The start gate: the projector's startup migrate() takes this lock, after its imports
-        # and pool, before it creates its consumer. Holding it parks the projector there, so the
-        # clock starts on a warm process and covers consumer start, group join and projection.
-        gate = await asyncpg.connect(url)
-        await gate.execute("SELECT pg_advisory_lock($1)", postgres.STORE_LOCK + 1)
-        plog = ProjectorLog()
+        # Parked at the start gate (see _common), the clock starts on a warm process and covers
+        # consumer start, group join and projection.
+        gate = await hold_start_gate(url)
         spawned = time.monotonic()
         argv = list(command)
         if cprofile_out is not None:
             # cProfile runs a script; it writes its stats when the projector exits on SIGTERM.
             script = argv[1:] if Path(argv[0]).name.startswith("python") else argv
-            argv = [sys.executable, "-m", "cProfile", "-o", str(cprofile_out), *script]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            limit=1 << 22,
-        )
-        assert proc.stderr is not None
-        pump = asyncio.create_task(plog.pump(proc.stderr))
+            argv = profiled(script, cprofile_out)
+        projector = await Service.spawn("projector", argv, env, tail=40)
+        pid = projector.proc.pid
         rss_max = 0
         stop_sampling = asyncio.Event()
 
         async def sample() -> None:
             nonlocal rss_max
             while not stop_sampling.is_set():
-                rss_max = max(rss_max, proc_status_kib(proc.pid).get("VmRSS", 0))
+                rss_max = max(rss_max, proc_status_kib(pid).get("VmRSS", 0))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_sampling.wait(), POLL_S)
 
         sampler = asyncio.create_task(sample())
         try:
-            await _wait_for(_gate_waiting(con), proc, plog, 120, "the projector's startup")
-            rss_start = proc_status_kib(proc.pid).get("VmRSS", 0)
-            cpu_start = proc_cpu_s(proc.pid) or 0.0
-            backends_start = cpu_of(await backend_pids(con, database))
+            await guarded(gate_waiting(con), [projector], 120, "the projector's startup")
+            rss_start = proc_status_kib(pid).get("VmRSS", 0)
+            cpu_start = proc_cpu_s(pid) or 0.0
+            backends_start = await backend_cpu(con, database)
             started = time.monotonic()
-            await gate.execute("SELECT pg_advisory_unlock($1)", postgres.STORE_LOCK + 1)
-            first_at, done_at = await _wait_for(
-                _wait_stored(con, group, topic, total), proc, plog, timeout_s, "all records stored"
+            await open_start_gate(gate)
+            first_at, done_at = await guarded(
+                _wait_stored(con, group, topic, total), [projector], timeout_s, "all records stored"
             )
-            cpu_end = proc_cpu_s(proc.pid) or 0.0
-            backends_end = cpu_of(await backend_pids(con, database))
-            status = proc_status_kib(proc.pid)
+            cpu_end = proc_cpu_s(pid) or 0.0
+            backends_end = await backend_cpu(con, database)
+            status = proc_status_kib(pid)
             stop_sampling.set()
             await sampler
             rss_max = max(rss_max, status.get("VmRSS", 0))
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            await pump
+            await projector.stop(30)
             problems = await _verify(con, stream, total)
         finally:
             stop_sampling.set()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            pump.cancel()
+            await projector.kill()
             sampler.cancel()
             await gate.close()
             await con.close()
-    backend_cpu = sum(
-        backends_end[pid] - backends_start.get(pid, 0.0) for pid in backends_end
-    )  # a backend that appeared mid-run counts from 0: its whole life was in the run
     return ProjectorRun(
         stream=stream.name,
         records=total,
@@ -567,49 +420,11 @@ async def run_projector(
         rss_mib_max_sampled=rss_max / 1024,
         rss_mib_hwm=status.get("VmHWM", 0) / 1024,
         projector_cpu_s=cpu_end - cpu_start,
-        postgres_backend_cpu_s=backend_cpu,
-        stats=plog.stats,
+        postgres_backend_cpu_s=cpu_delta(backends_start, backends_end),
+        stats=projector.stats,
         verified=not problems,
         problems=problems,
     )
-
-
-async def _wait_for(
-    aw: Awaitable[Any],
-    proc: asyncio.subprocess.Process,
-    plog: ProjectorLog,
-    limit: float,
-    what: str,
-) -> Any:
-    """Await `aw`, failing early (with the projector's log) if the projector exits or it's late."""
-    task = asyncio.ensure_future(aw)
-    exited = asyncio.ensure_future(proc.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {task, exited}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        exited.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    tail = "\n".join(plog.tail)
-    if exited in done:
-        raise BenchError(f"projector exited ({proc.returncode}) before {what}:\n{tail}")
-    raise BenchError(f"no {what} within {limit}s:\n{tail}")
-
-
-async def _gate_waiting(con: asyncpg.Connection) -> None:
-    """Return once another session waits for an advisory lock in this database."""
-    while True:
-        waiting = await con.fetchval(
-            """SELECT count(*) FROM pg_locks
-               WHERE locktype = 'advisory' AND NOT granted
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
-        )
-        if waiting:
-            return
-        await asyncio.sleep(POLL_S)
 
 
 async def _wait_stored(
@@ -617,20 +432,14 @@ async def _wait_stored(
 ) -> tuple[float, float]:
     """Poll consumer_offsets until `total` records are stored; return when the first batch and
     the last were (monotonic clock)."""
-    first = 0.0
-    while True:
-        done = await con.fetchval(
-            """SELECT coalesce(sum(next_offset), 0) FROM public.consumer_offsets
-               WHERE group_id = $1 AND topic = $2""",
-            group,
-            topic,
-        )
-        now = time.monotonic()
-        if done and not first:
-            first = now
-        if done >= total:
-            return first, now
-        await asyncio.sleep(POLL_S)
+    return await wait_total(
+        con,
+        total,
+        """SELECT coalesce(sum(next_offset), 0) FROM public.consumer_offsets
+           WHERE group_id = $1 AND topic = $2""",
+        group,
+        topic,
+    )
 
 
 async def _verify(con: asyncpg.Connection, stream: Stream, total: int) -> list[str]:
@@ -667,7 +476,7 @@ class CopyRun:
 async def copy_baseline(admin_url: str, rows: list[Row], chunk: int) -> CopyRun:
     """COPY the metric rows into a plain table shaped like rm.run_metric_points (same index),
     one transaction per `chunk` rows (the most one projector batch can carry)."""
-    async with fresh_database(admin_url, migrate=False) as url:
+    async with fresh_database(admin_url, DATABASE_PREFIX, migrate=False) as url:
         con = await asyncpg.connect(url)
         try:
             await con.execute(
@@ -798,7 +607,7 @@ async def profile_stream(admin_url: str, stream: Stream, batch: int, top: int) -
 
     phases: dict[str, float] = defaultdict(float)
     gc_clock = GcClock()
-    async with fresh_database(admin_url) as url:
+    async with fresh_database(admin_url, DATABASE_PREFIX) as url:
         raw_con = await postgres.connect(url)
         con = TimedConnection(raw_con)
         try:
@@ -851,7 +660,7 @@ async def profile_stream(admin_url: str, stream: Stream, batch: int, top: int) -
 
     # cProfile over the real path.
     prof = cProfile.Profile()
-    async with fresh_database(admin_url) as url:
+    async with fresh_database(admin_url, DATABASE_PREFIX) as url:
         raw_con = await postgres.connect(url)
         try:
             stats = Stats()
@@ -866,14 +675,8 @@ async def profile_stream(admin_url: str, stream: Stream, batch: int, top: int) -
             profiled_wall = time.perf_counter() - t0
         finally:
             await raw_con.close()
-    text = io.StringIO()
-    ps = pstats.Stats(prof, stream=text)
-    ps.sort_stats("tottime").print_stats(top)
-    ps.sort_stats("cumulative").print_stats(top)
-    log(f"cProfile of decode_record + store_batch, {stream.name} stream:\n{text.getvalue()}")
-    raw_stats: dict[Any, Any] = ps.stats  # type: ignore[attr-defined]
-    by_tottime = sorted(raw_stats.items(), key=lambda kv: -kv[1][2])[:top]
-    by_cumtime = sorted(raw_stats.items(), key=lambda kv: -kv[1][3])[:top]
+    raw_stats, _total, text = print_pstats(prof, top)
+    log(f"cProfile of decode_record + store_batch, {stream.name} stream:\n{text}")
 
     def _fn(key: tuple[str, int, str]) -> str:
         filename, line, name = key
@@ -881,7 +684,7 @@ async def profile_stream(admin_url: str, stream: Stream, batch: int, top: int) -
         return f"{short}:{line}({name})"
 
     # Memory: the Python heap one batch needs, decode through store (tracemalloc peak).
-    async with fresh_database(admin_url) as url:
+    async with fresh_database(admin_url, DATABASE_PREFIX) as url:
         raw_con = await postgres.connect(url)
         try:
             biggest = max(batches, key=lambda c: sum(len(r) for _o, r in c))
@@ -911,12 +714,7 @@ async def profile_stream(admin_url: str, stream: Stream, batch: int, top: int) -
         "gc_collections": gc_clock.collections,
         "python_cpu_s": round(wall - sum(con.times.values()), 3),
         "cprofile_wall_s": round(profiled_wall, 3),
-        "top_tottime": [
-            {"fn": _fn(k), "calls": v[1], "tottime_s": round(v[2], 3)} for k, v in by_tottime
-        ],
-        "top_cumtime": [
-            {"fn": _fn(k), "calls": v[1], "cumtime_s": round(v[3], 3)} for k, v in by_cumtime
-        ],
+        **top_functions(raw_stats, top, _fn),
         "tracemalloc_peak_mib_one_batch": round(peak / (1 << 20), 1),
     }
 
@@ -944,10 +742,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="STUDBOOK_BATCH_MAX_RECORDS for the projector (default: its own, 2000)",
     )
-    prof = p.add_mutually_exclusive_group()
-    prof.add_argument("--profile", action="store_true", help="profile even if targets are met")
-    prof.add_argument("--no-profile", action="store_true", help="never profile")
-    p.add_argument("--profile-top", type=int, default=20, help="functions listed per profile")
+    add_profile_args(p)
     p.add_argument(
         "--projector-cprofile",
         type=Path,
@@ -961,29 +756,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the projector command, run in the repository root (default: %(default)s); "
         "e.g. '.venv/bin/python bench/what_if_projector.py' to measure a candidate fix",
     )
-    p.add_argument("--timeout", type=float, default=900, help="seconds allowed per projection")
-    p.add_argument("--bootstrap", default=os.environ.get("STUDBOOK_KAFKA_BOOTSTRAP"))
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("STUDBOOK_DATABASE_URL"),
-        help="admin URL: benchmark databases are created (and dropped) through it",
-    )
+    add_service_args(p, timeout=900, timeout_help="seconds allowed per projection")
     args = p.parse_args(argv)
     args.projector_cmd = shlex.split(args.projector_cmd)
     if args.projector_cprofile:
         args.projector_cprofile = args.projector_cprofile.resolve()
         args.projector_cprofile.mkdir(parents=True, exist_ok=True)
-    args.bootstrap = args.bootstrap or DEFAULT_BOOTSTRAP
-    args.database_url = args.database_url or DEFAULT_DATABASE_URL
+    service_defaults(args)
     if min(args.runs, args.metric_events, args.points_per_event, args.repeat) < 1:
         p.error("--runs, --metric-events, --points-per-event and --repeat must be >= 1")
     if args.points_per_event > 10_000:
         p.error("--points-per-event: the schema allows at most 10,000 metrics per event")
     return args
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -1017,7 +801,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await create_topic(admin, topics[s.name])
             created.append(topics[s.name])
             t0 = time.perf_counter()
-            totals[s.name] = await produce(args.bootstrap, topics[s.name], s)
+            totals[s.name] = await produce(args.bootstrap, topics[s.name], s.records)
             log(
                 f"produced {totals[s.name]} records to {topics[s.name]} ({PARTITIONS} partitions) "
                 f"in {time.perf_counter() - t0:.1f}s"
@@ -1065,9 +849,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await admin.close()
 
     m, o = runs["metrics"], runs["other"]
-    metric_per_s = _median([r.per_s for r in m])
-    other_per_s = _median([r.per_s for r in o])
-    copy_per_s = _median([c.per_s for c in copies])
+    metric_per_s = median([r.per_s for r in m])
+    other_per_s = median([r.per_s for r in o])
+    copy_per_s = median([c.per_s for c in copies])
     rss_peak = max(r.rss_mib_hwm for r in m + o)
     met = {
         "metric_points_per_s": metric_per_s >= TARGET_METRIC_POINTS_PER_S,
@@ -1080,16 +864,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "metric_points_per_s": round(metric_per_s),
-        "metric_events_per_s": round(_median([r.records / r.elapsed_s for r in m])),
+        "metric_events_per_s": round(median([r.records / r.elapsed_s for r in m])),
         "other_events_per_s": round(other_per_s),
         "copy_baseline_rows_per_s": round(copy_per_s),
         "ratio_projector_to_copy": round(metric_per_s / copy_per_s, 3),
         "projector_rss_mib_peak": round(rss_peak, 1),
         "projector_rss_mib_peak_median": {
-            "metrics": round(_median([r.rss_mib_hwm for r in m]), 1),
-            "other": round(_median([r.rss_mib_hwm for r in o]), 1),
+            "metrics": round(median([r.rss_mib_hwm for r in m]), 1),
+            "other": round(median([r.rss_mib_hwm for r in o]), 1),
         },
-        "projector_rss_mib_idle": round(_median([r.rss_mib_at_start for r in m + o]), 1),
+        "projector_rss_mib_idle": round(median([r.rss_mib_at_start for r in m + o]), 1),
         "repeat": args.repeat,
         "medians": True,
         "targets": {
@@ -1099,11 +883,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         },
         "targets_met": met,
         "cpu_per_run_s_median": {
-            "metrics_projector": round(_median([r.projector_cpu_s for r in m]), 2),
-            "metrics_postgres": round(_median([r.postgres_backend_cpu_s for r in m]), 2),
-            "other_projector": round(_median([r.projector_cpu_s for r in o]), 2),
-            "other_postgres": round(_median([r.postgres_backend_cpu_s for r in o]), 2),
-            "copy_postgres": round(_median([c.backend_cpu_s for c in copies]), 2),
+            "metrics_projector": round(median([r.projector_cpu_s for r in m]), 2),
+            "metrics_postgres": round(median([r.postgres_backend_cpu_s for r in m]), 2),
+            "other_projector": round(median([r.projector_cpu_s for r in o]), 2),
+            "other_postgres": round(median([r.postgres_backend_cpu_s for r in o]), 2),
+            "copy_postgres": round(median([c.backend_cpu_s for c in copies]), 2),
         },
         "samples": {
             "metric_points_per_s": [round(r.per_s) for r in m],
@@ -1138,11 +922,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             },
             "projector_cprofile": str(args.projector_cprofile) if args.projector_cprofile else None,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "postgres": await _server_version(args.database_url),
-        },
+        "machine": await machine_info(args.database_url),
     }
 
     want_profile = args.profile or (not args.no_profile and not all(met.values()))
@@ -1161,26 +941,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _server_version(url: str) -> str:
-    con = await asyncpg.connect(url)
-    try:
-        return str(await con.fetchval("SHOW server_version"))
-    finally:
-        await con.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not SERVER.exists():
-        print(f"{SERVER} not found: install the project into .venv first", file=sys.stderr)
-        return 2
-    try:
-        result = asyncio.run(main_async(args))
-    except (BenchError, OSError, asyncpg.PostgresError) as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return run_bench(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

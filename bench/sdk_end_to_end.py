@@ -51,12 +51,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
-import platform
-import pstats
-import re
 import signal
 import socket
 import statistics
@@ -65,41 +61,52 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from _common import (
+    PARTITIONS,
+    PROJECT,
+    ROOT,
+    SERVER,
+    BenchError,
+    Service,
+    add_profile_args,
+    add_service_args,
+    backend_cpu,
+    cpu_by_name,
+    cpu_delta,
+    database_name,
+    fresh_database,
+    fresh_topic,
+    gate_waiting,
+    guarded,
+    hold_start_gate,
+    log,
+    machine_info,
+    median,
+    open_start_gate,
+    print_pstats,
+    produce,
+    profiled,
+    run_bench,
+    service_defaults,
+    service_env,
+    top_functions,
+    wait_total,
+)
 from studbook_server import auth
 from studbook_server.adapters import postgres
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / ".venv" / "bin" / "studbook-server"
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/postgres"
-
 TARGET_POINTS_PER_S = 100_000
-PARTITIONS = 4
-PROJECT = "bench"
 TRANSPORTS = ("http", "kafka")
-POLL_S = 0.02
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
+DATABASE_PREFIX = "studbook_e2e_"
 
 
 # ------------------------------------------------------------------------------- the client
@@ -212,70 +219,11 @@ def bare_import_hwm_kib(samples: int = 3) -> float:
 # ------------------------------------------------------------------------------ services
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_url: str) -> AsyncIterator[str]:
-    """A new, migrated database with a random name, dropped on exit (also on failure)."""
-    name = f"studbook_e2e_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')  # name made above, never from input
-        url = with_database(admin_url, name)
-        try:
-            con = await postgres.connect(url)
-            try:
-                await postgres.migrate(con)
-            finally:
-                await con.close()
-            yield url
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@contextlib.asynccontextmanager
-async def fresh_topic(bootstrap: str, label: str) -> AsyncIterator[str]:
-    """A new topic with PARTITIONS partitions, deleted on exit (also on failure)."""
-    name = f"studbook-e2e-{label}-{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(name=name, num_partitions=PARTITIONS, replication_factor=1)]
-        )
-        try:
-            for _ in range(200):
-                if name in await admin.list_topics():
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise BenchError(f"topic {name} did not appear")
-            yield name
-        finally:
-            with contextlib.suppress(Exception):
-                await admin.delete_topics([name])
-    finally:
-        await admin.close()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process, all threads (None if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def kafka_broker_pid() -> int | None:
@@ -289,142 +237,10 @@ def kafka_broker_pid() -> int | None:
     return None
 
 
-async def backend_cpu(con: asyncpg.Connection, database: str) -> dict[int, float]:
-    """CPU seconds of the studbook backends (gateway's and projector's pools) of `database`."""
-    rows = await con.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'studbook'",
-        database,
-    )
-    out = {}
-    for r in rows:
-        cpu = proc_cpu_s(r["pid"])
-        if cpu is not None:
-            out[r["pid"]] = cpu
-    return out
-
-
-def _delta(before: dict[int, float], after: dict[int, float]) -> float:
-    # A backend that appeared meanwhile counts from 0: its whole life was in the window.
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
-
-
-class Service:
-    """A subprocess whose stderr is drained (its tail kept) and watched for one pattern."""
-
-    def __init__(
-        self,
-        name: str,
-        proc: asyncio.subprocess.Process,
-        ready: str | None,
-        stop_signal: signal.Signals,
-    ) -> None:
-        self.name = name
-        self.proc = proc
-        self.stop_signal = stop_signal
-        self.tail: deque[str] = deque(maxlen=60)
-        self.ready = asyncio.Event()
-        self.stats: dict[str, int] = {}
-        self._pattern = re.compile(ready) if ready else None
-        assert proc.stderr is not None
-        self._pump = asyncio.create_task(self._drain(proc.stderr))
-
-    @classmethod
-    async def spawn(
-        cls,
-        name: str,
-        argv: Sequence[str],
-        env: dict[str, str],
-        ready: str | None = None,
-        stop_signal: signal.Signals = signal.SIGTERM,
-    ) -> Service:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            limit=1 << 22,
-        )
-        return cls(name, proc, ready, stop_signal)
-
-    async def _drain(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            self.tail.append(text)
-            if self._pattern is not None and self._pattern.search(text):
-                self.ready.set()
-            if " stopped: Stats(" in text:
-                self.stats = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
-
-    def log_tail(self) -> str:
-        return f"--- {self.name} (last lines) ---\n" + "\n".join(self.tail)
-
-    async def stop(self, limit_s: float = 60) -> None:
-        """The stop signal (it finishes its work; cProfile writes its file), SIGKILL if late."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(self.stop_signal)
-            try:
-                await asyncio.wait_for(self.proc.wait(), limit_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pump, 5)
-        self._pump.cancel()
-
-
-async def guarded(
-    aw: Awaitable[Any], services: Sequence[Service], limit_s: float, what: str
-) -> Any:
-    """Await `aw`; fail at once (with the services' logs) if one of them exits, or when late."""
-    task = asyncio.ensure_future(aw)
-    exits = {asyncio.ensure_future(s.proc.wait()): s for s in services}
-    try:
-        done, _ = await asyncio.wait(
-            {task, *exits}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for t in exits:
-            t.cancel()
-        if not task.done():  # late, a service died, or we are cancelled ourselves
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if task in done:
-        return task.result()
-    logs = "\n".join(s.log_tail() for s in services)
-    for t, s in exits.items():
-        if t in done:
-            raise BenchError(f"{s.name} exited ({s.proc.returncode}) before {what}:\n{logs}")
-    raise BenchError(f"no {what} within {limit_s}s:\n{logs}")
-
-
-def _profiled(argv: list[str], out: Path | None) -> list[str]:
-    """`argv` (a Python console script or file) run under `python -m cProfile -o out`."""
-    if out is None:
-        return argv
-    return [sys.executable, "-m", "cProfile", "-o", str(out), *argv]
-
-
-def service_env(url: str, bootstrap: str, topic: str, group: str, level: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
-    env.update(
-        STUDBOOK_DATABASE_URL=url,
-        STUDBOOK_KAFKA_BOOTSTRAP=bootstrap,
-        STUDBOOK_EVENTS_TOPIC=topic,
-        STUDBOOK_CONSUMER_GROUP=group,
-        STUDBOOK_LOG_LEVEL=level,
-    )
-    return env
-
-
 async def start_gateway(
     env: dict[str, str], port: int, prof: Path | None, script: Path = SERVER
 ) -> Service:
-    argv = _profiled([str(script), "ingest", "--port", str(port)], prof)
+    argv = profiled([str(script), "ingest", "--port", str(port)], prof)
     if prof is None and script != SERVER:
         argv = [sys.executable, *argv]
     # SIGINT, not SIGTERM: uvicorn re-raises the signal it caught once it has shut down, and a
@@ -454,21 +270,16 @@ async def _ready_http(port: int) -> None:
 
 
 async def start_projector(env: dict[str, str], prof: Path | None) -> Service:
-    argv = _profiled([str(SERVER), "projector"], prof)
+    argv = profiled([str(SERVER), "projector"], prof)
     return await Service.spawn("projector", argv, env, ready=r"assigned \[")
+
+
+POINTS_SQL = "SELECT coalesce(sum(points), 0) FROM rm.run_metrics"
 
 
 async def wait_points(con: asyncpg.Connection, total: int) -> tuple[float, float]:
     """Poll until the read models hold `total` points; return (first point seen, all there)."""
-    first = 0.0
-    while True:
-        got = await con.fetchval("SELECT coalesce(sum(points), 0) FROM rm.run_metrics")
-        now = time.monotonic()
-        if got and not first:
-            first = now
-        if got >= total:
-            return first, now
-        await asyncio.sleep(POLL_S)
+    return await wait_total(con, total, POINTS_SQL)
 
 
 async def verify(con: asyncpg.Connection, total: int) -> dict[str, Any]:
@@ -532,10 +343,10 @@ async def run_e2e(
     transport: str, args: argparse.Namespace, kafka_pid: int | None, prof: ProfileFiles | None
 ) -> E2ERun:
     async with (
-        fresh_database(args.database_url) as url,
-        fresh_topic(args.bootstrap, transport) as topic,
+        fresh_database(args.database_url, DATABASE_PREFIX) as url,
+        fresh_topic(args.bootstrap, f"studbook-e2e-{transport}-") as topic,
     ):
-        database = urlsplit(url).path.lstrip("/")
+        database = database_name(url)
         group = f"e2e-{uuid.uuid4().hex[:10]}"
         con = await postgres.connect(url)
         services: list[Service] = []
@@ -577,7 +388,7 @@ async def run_e2e(
                 if prof:
                     script = Path(tmp) / "client.py"
                     script.write_text(CLIENT)
-                    argv = _profiled([str(script), json.dumps(cfg)], prof.client_main)
+                    argv = profiled([str(script), json.dumps(cfg)], prof.client_main)
                 else:
                     argv = [sys.executable, "-c", CLIENT, json.dumps(cfg)]
                 env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
@@ -586,7 +397,7 @@ async def run_e2e(
                 pids = {s.name: s.proc.pid for s in services}
                 if kafka_pid is not None:
                     pids["kafka"] = kafka_pid
-                cpu0 = {k: proc_cpu_s(p) or 0.0 for k, p in pids.items()}
+                cpu0 = cpu_by_name(pids)
                 pg0 = await backend_cpu(con, database)
                 spawned = time.monotonic()
                 client = await asyncio.create_subprocess_exec(
@@ -605,7 +416,7 @@ async def run_e2e(
                         args.timeout,
                         f"{args.points} points in the read models",
                     )
-                    cpu1 = {k: proc_cpu_s(p) or 0.0 for k, p in pids.items()}
+                    cpu1 = cpu_by_name(pids)
                     pg1 = await backend_cpu(con, database)
                     out, err = await asyncio.wait_for(client_io, args.timeout)
                 finally:
@@ -622,7 +433,7 @@ async def run_e2e(
             await con.close()
     cpu = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
     cpu["client"] = round(c["cpu_flushed_s"] - c["cpu_first_s"], 2)
-    cpu["postgres"] = round(_delta(pg0, pg1), 2)
+    cpu["postgres"] = round(cpu_delta(pg0, pg1), 2)
     cpu["wall"] = round(done_at - c["t_first"], 2)
     return E2ERun(
         transport=transport,
@@ -661,7 +472,7 @@ async def _points_or_client_failure(
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poll
-            got = await con.fetchval("SELECT coalesce(sum(points), 0) FROM rm.run_metrics")
+            got = await con.fetchval(POINTS_SQL)
             raise BenchError(
                 f"the client flushed, but only {got} of {total} points reached the read models"
             ) from None
@@ -728,32 +539,6 @@ def baseline_records(
     return records
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=1 << 20,
-        max_request_size=16 << 20,
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in records]
-        await producer.flush()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-    if sum(ends.values()) != len(records):
-        raise BenchError(f"topic {topic} holds {sum(ends.values())} records, not {len(records)}")
-
-
 @dataclass(slots=True)
 class BaselineRun:
     points: int
@@ -773,35 +558,33 @@ async def run_baseline(
     args: argparse.Namespace, records: list[tuple[bytes, bytes]], kafka_pid: int | None
 ) -> BaselineRun:
     async with (
-        fresh_database(args.database_url) as url,
-        fresh_topic(args.bootstrap, "baseline") as topic,
+        fresh_database(args.database_url, DATABASE_PREFIX) as url,
+        fresh_topic(args.bootstrap, "studbook-e2e-baseline-") as topic,
     ):
-        database = urlsplit(url).path.lstrip("/")
+        database = database_name(url)
         await produce(args.bootstrap, topic, records)
         group = f"e2e-base-{uuid.uuid4().hex[:10]}"
         con = await postgres.connect(url)
-        # The start gate (as in projector_throughput.py): the projector's startup migrate()
-        # takes this lock after its imports and pool, before it creates its consumer.
-        gate = await asyncpg.connect(url)
-        await gate.execute("SELECT pg_advisory_lock($1)", postgres.STORE_LOCK + 1)
+        # The start gate (see _common): parked after its imports and pool, before its consumer.
+        gate = await hold_start_gate(url)
         projector: Service | None = None
         try:
             spawned = time.monotonic()
             projector = await start_projector(
                 service_env(url, args.bootstrap, topic, group, "INFO"), None
             )
-            await guarded(_gate_waiting(con), [projector], 120, "the projector's start-up")
+            await guarded(gate_waiting(con), [projector], 120, "the projector's start-up")
             pids = {"projector": projector.proc.pid}
             if kafka_pid is not None:
                 pids["kafka"] = kafka_pid
-            cpu0 = {k: proc_cpu_s(p) or 0.0 for k, p in pids.items()}
+            cpu0 = cpu_by_name(pids)
             pg0 = await backend_cpu(con, database)
             started = time.monotonic()
-            await gate.execute("SELECT pg_advisory_unlock($1)", postgres.STORE_LOCK + 1)
+            await open_start_gate(gate)
             first_at, done_at = await guarded(
                 wait_points(con, args.points), [projector], args.timeout, "all points stored"
             )
-            cpu1 = {k: proc_cpu_s(p) or 0.0 for k, p in pids.items()}
+            cpu1 = cpu_by_name(pids)
             pg1 = await backend_cpu(con, database)
             check = await verify(con, args.points)
         finally:
@@ -810,7 +593,7 @@ async def run_baseline(
             await gate.close()
             await con.close()
     cpu = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
-    cpu["postgres"] = round(_delta(pg0, pg1), 2)
+    cpu["postgres"] = round(cpu_delta(pg0, pg1), 2)
     cpu["wall"] = round(done_at - started, 2)
     return BaselineRun(
         points=args.points,
@@ -821,19 +604,6 @@ async def run_baseline(
         projector_stats=projector.stats,
         check=check,
     )
-
-
-async def _gate_waiting(con: asyncpg.Connection) -> None:
-    """Return once another session waits for an advisory lock in this database."""
-    while True:
-        waiting = await con.fetchval(
-            """SELECT count(*) FROM pg_locks
-               WHERE locktype = 'advisory' AND NOT granted
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
-        )
-        if waiting:
-            return
-        await asyncio.sleep(POLL_S)
 
 
 # ------------------------------------------------------------------------------- profiling
@@ -882,13 +652,8 @@ def summarize_profile(path: Path, title: str, top: int) -> dict[str, Any] | None
     if not path.exists() or path.stat().st_size == 0:
         log(f"WARNING: no profile written at {path}")
         return None
-    text = io.StringIO()
-    ps = pstats.Stats(str(path), stream=text)
-    ps.sort_stats("tottime").print_stats(top)
-    ps.sort_stats("cumulative").print_stats(top)
-    log(f"cProfile, {title} ({path}):\n{text.getvalue()}")
-    raw: dict[Any, Any] = ps.stats  # type: ignore[attr-defined]
-    total = getattr(ps, "total_tt", 0.0)
+    raw, total, text = print_pstats(str(path), top)
+    log(f"cProfile, {title} ({path}):\n{text}")
 
     def fn(key: tuple[str, int, str]) -> str:
         filename, line, name = key
@@ -899,19 +664,12 @@ def summarize_profile(path: Path, title: str, top: int) -> dict[str, Any] | None
         if any(name == want and part in filename for part, want in KEY_FUNCTIONS):
             key_cum[f"{_short(filename)}:{line}({name})"] = round(v[3], 3)
     idle = sum(v[2] for (_f, _l, name), v in raw.items() if name.startswith(IDLE_FUNCTIONS))
-    by_tot = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
-    by_cum = sorted(raw.items(), key=lambda kv: -kv[1][3])[:top]
     return {
         "file": str(path),
         "total_s": round(total, 3),
         "waiting_s": round(idle, 3),  # epoll / socket reads: idle, waiting for I/O
         "key_functions_cumtime_s": dict(sorted(key_cum.items(), key=lambda kv: -kv[1])),
-        "top_tottime": [
-            {"fn": fn(k), "calls": v[1], "tottime_s": round(v[2], 3)} for k, v in by_tot
-        ],
-        "top_cumtime": [
-            {"fn": fn(k), "calls": v[1], "cumtime_s": round(v[3], 3)} for k, v in by_cum
-        ],
+        **top_functions(raw, top, fn),
     }
 
 
@@ -972,10 +730,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="points per pre-built run.metrics.logged event of the baseline (default 100; "
         "the SDK sends up to 1000)",
     )
-    prof = p.add_mutually_exclusive_group()
-    prof.add_argument("--profile", action="store_true", help="profile even if targets are met")
-    prof.add_argument("--no-profile", action="store_true", help="never profile")
-    p.add_argument("--profile-top", type=int, default=20, help="functions listed per profile")
+    add_profile_args(p)
     p.add_argument(
         "--profile-dir",
         type=Path,
@@ -988,16 +743,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="diagnosis only: run the gateway patched to validate each event once, not twice "
         "(services/ is not changed; see WHATIF_GATEWAY)",
     )
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per measurement")
-    p.add_argument("--bootstrap", default=os.environ.get("STUDBOOK_KAFKA_BOOTSTRAP"))
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get("STUDBOOK_DATABASE_URL"),
-        help="admin URL: benchmark databases are created (and dropped) through it",
-    )
+    add_service_args(p, timeout=600, timeout_help="seconds allowed per measurement")
     args = p.parse_args(argv)
-    args.bootstrap = args.bootstrap or DEFAULT_BOOTSTRAP
-    args.database_url = args.database_url or DEFAULT_DATABASE_URL
+    service_defaults(args)
     args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     if not args.transports or set(args.transports) - set(TRANSPORTS):
         p.error(f"--transports: choose from {', '.join(TRANSPORTS)}")
@@ -1012,13 +760,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
 def _median_dicts(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
     keys = dicts[0].keys() if dicts else []
-    return {k: round(_median([d[k] for d in dicts]), 2) for k in keys}
+    return {k: round(median([d[k] for d in dicts]), 2) for k in keys}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -1066,8 +810,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             f"{b.check['partitions_used']} partitions, {b.projector_stats.get('batches')} batches"
         )
 
-    base_per_s = _median([b.per_s for b in base])
-    per_s = {t: _median([r.per_s for r in rs]) for t, rs in e2e.items()}
+    base_per_s = median([b.per_s for b in base])
+    per_s = {t: median([r.per_s for r in rs]) for t, rs in e2e.items()}
     met = {t: v >= TARGET_POINTS_PER_S for t, v in per_s.items()}
     result: dict[str, Any] = {}
     for t in args.transports:
@@ -1077,22 +821,22 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         result[f"ratio_{t}_to_projector"] = round(per_s[t] / base_per_s, 3)
     result |= {
         "client_flush_points_per_s": {
-            t: round(_median([r.points / r.client_flush_s for r in rs])) for t, rs in e2e.items()
+            t: round(median([r.points / r.client_flush_s for r in rs])) for t, rs in e2e.items()
         },
         "client_log_loop_points_per_s": {
-            t: round(_median([r.points / r.client_log_s for r in rs])) for t, rs in e2e.items()
+            t: round(median([r.points / r.client_log_s for r in rs])) for t, rs in e2e.items()
         },
         "lag_after_flush_s": {
-            t: round(_median([r.lag_after_flush_s for r in rs]), 2) for t, rs in e2e.items()
+            t: round(median([r.lag_after_flush_s for r in rs]), 2) for t, rs in e2e.items()
         },
         "client_rss_mib_above_bare": {
-            t: round((_median([r.client_hwm_kib for r in rs]) - bare_kib) / 1024, 1)
+            t: round((median([r.client_hwm_kib for r in rs]) - bare_kib) / 1024, 1)
             for t, rs in e2e.items()
         },
         "bare_import_rss_mib": round(bare_kib / 1024, 1),
         "from_spawn_points_per_s": {
-            **{t: round(_median([r.points / r.from_spawn_s for r in rs])) for t, rs in e2e.items()},
-            "projector_alone": round(_median([b.points / b.from_spawn_s for b in base])),
+            **{t: round(median([r.points / r.from_spawn_s for r in rs])) for t, rs in e2e.items()},
+            "projector_alone": round(median([b.points / b.from_spawn_s for b in base])),
         },
         "cpu_s_median": {
             **{t: _median_dicts([r.cpu_s for r in rs]) for t, rs in e2e.items()},
@@ -1143,9 +887,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
             "poll": "sum(points) FROM rm.run_metrics every 20 ms; count(*) verified after",
         },
         "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "postgres": await _server_version(args.database_url),
+            **await machine_info(args.database_url),
             "kafka_broker_pid_found": kafka_pid is not None,
             # The host is shared: a high load average means other work overlapped the run.
             "loadavg_1m_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
@@ -1163,36 +905,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _server_version(url: str) -> str:
-    con = await asyncpg.connect(url)
-    try:
-        return str(await con.fetchval("SHOW server_version"))
-    finally:
-        await con.close()
-
-
-async def _main_with_signals(args: argparse.Namespace) -> dict[str, Any]:
-    """SIGTERM cancels the run, so the `finally` blocks stop processes and drop databases."""
-    task = asyncio.ensure_future(main_async(args))
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await task
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not SERVER.exists():
-        print(f"{SERVER} not found: install the project into .venv first", file=sys.stderr)
-        return 2
-    try:
-        result = asyncio.run(_main_with_signals(args))
-    except (BenchError, OSError, asyncpg.PostgresError) as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("bench interrupted; cleaned up", file=sys.stderr)
-        return 130
-    print(json.dumps(result))
-    return 0
+    return run_bench(main_async, parse_args(argv), cancel_on_sigterm=True)
 
 
 if __name__ == "__main__":
