@@ -164,9 +164,9 @@ def run_up(
             f"  events:    POST {base}/v1/events\n"
             f"  health:    {base}/healthz   {base}/readyz   metrics: {base}/metrics\n"
             + (
-                f"  token:     {token}   (export STUDBOOK_TOKEN=...; kept in the data folder)\n"
+                f"  token:     {token}   (export STUDBOOK_TOKEN=...; kept in the data folder)"
                 if token
-                else "  auth:      off (STUDBOOK_AUTH_DISABLED), for local use only\n"
+                else "  auth:      off (STUDBOOK_AUTH_DISABLED), for local use only"
             ),
             flush=True,
         )
