@@ -11,8 +11,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
 from studbook_server.adapters import postgres
 from studbook_server.config import Settings
@@ -151,23 +150,6 @@ async def migrated(database_url: str) -> None:
         await postgres.migrate(con)
     finally:
         await con.close()
-
-
-async def topic_end(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_offsets(
-            {TopicPartition(topic, p): -1 for p in await _partitions(admin, topic)}
-        )
-    finally:
-        await admin.close()
-    return sum(o.offset for o in offsets.values())
-
-
-async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[int]:
-    desc = await admin.describe_topics([topic])
-    return [p["partition"] for p in desc[0]["partitions"]]
 
 
 async def wait_consumed(

@@ -8,38 +8,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(main)
 
 
 def _cmd_projector(args: argparse.Namespace) -> int:
     from studbook_server.projector import run_projector
 
-    code: int = asyncio.run(run_projector())
-    return code
+    return _run(run_projector())
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from studbook_server.adapters.postgres import migrate_main
 
-    code: int = asyncio.run(migrate_main())
-    return code
+    return _run(migrate_main())
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from studbook_server.adapters.postgres import verify_main
 
-    code: int = asyncio.run(verify_main())
-    return code
+    return _run(verify_main())
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from studbook_server.rebuild import rebuild_main
 
-    code: int = asyncio.run(rebuild_main())
-    return code
+    return _run(rebuild_main())
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -70,8 +71,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_token(args: argparse.Namespace) -> int:
     from studbook_server.tokens_cli import token_main
 
-    code: int = asyncio.run(token_main(args))
-    return code
+    return _run(token_main(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -91,15 +91,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from studbook_server.transfer import export_main
 
-    code: int = asyncio.run(export_main(args.out))
-    return code
+    return _run(export_main(args.out))
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from studbook_server.transfer import import_main
 
-    code: int = asyncio.run(import_main(args.file))
-    return code
+    return _run(import_main(args.file))
 
 
 def build_parser() -> argparse.ArgumentParser:

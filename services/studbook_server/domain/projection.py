@@ -204,15 +204,6 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
         if rule is None:  # pragma: no cover - the contract admits only types listed in _RULES
             changes.rejected.append((stored, f"no projection rule for event type `{e.type}`"))
             continue
-        expected_kind = _SUBJECT_KINDS.get(e.type)
-        if expected_kind is not None and e.subject_kind != expected_kind:
-            changes.rejected.append(
-                (
-                    stored,
-                    f"`{e.type}` must have a `{expected_kind}:` subject, got `{e.subject}`",
-                )
-            )
-            continue
         try:
             rule(stored, state, changes)
         except Rejected as exc:
@@ -225,9 +216,7 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
 
 
 def _project_created(s: StoredEvent, state: State, ch: Changes) -> None:
-    e = s.event
-    if e.subject_key != e.project:
-        raise Rejected(f"`project.created` subject `{e.subject}` must be `project:{e.project}`")
+    e = s.event  # the contract already checked that the subject is `project:<project>`
     ch.projects[e.project] = (
         e.project,
         e.payload.get("description"),
@@ -624,10 +613,4 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "model.version.undeployed": _model_version_undeployed,
     "annotation.added": _annotation_added,
     "subject.redacted": _subject_redacted,
-}
-
-_SUBJECT_KINDS: dict[str, str] = {
-    t: t.split(".", 1)[0]
-    for t in _RULES
-    if t.split(".", 1)[0] in {"project", "dataset", "run", "model"}
 }
