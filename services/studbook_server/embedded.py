@@ -27,17 +27,7 @@ from studbook_server import auth
 from studbook_server.adapters import postgres
 from studbook_server.config import Settings, load_settings
 from studbook_server.embedded_pg import EmbeddedPostgres
-
-
-def default_data_dir() -> Path:
-    configured = os.environ.get("STUDBOOK_DATA_DIR")
-    if configured:
-        return Path(configured)
-    if os.geteuid() == 0:
-        # PostgreSQL runs as an unprivileged user, which cannot reach /root.
-        return Path("/var/lib/studbook")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "studbook"
+from studbook_server.locate import default_data_dir, server_folder
 
 
 @contextlib.contextmanager
@@ -50,7 +40,7 @@ def embedded_database(
         folder.chmod(0o755)  # the PostgreSQL user (as root: studbook-pg) must traverse it
     else:
         folder = data_dir or default_data_dir()
-    pg = EmbeddedPostgres(folder / "postgres", port)
+    pg = EmbeddedPostgres(server_folder(folder), port)
     started = pg.start()  # False: another process runs this data folder's server; share it
     try:
         yield pg.url, folder

