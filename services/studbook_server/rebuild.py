@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from studbook_server.adapters import postgres
 from studbook_server.adapters.readmodels import catch_up
+from studbook_server.locate import database_errors, resolve_database_url
 
 Progress = Callable[[int, int], None]
 
@@ -58,19 +60,19 @@ async def rebuild(database_url: str, *, batch: int = 5000, progress: Progress | 
         await con.close()
 
 
-async def rebuild_main() -> int:
+async def rebuild_main(data_dir: Path | None = None) -> int:
     from rich.progress import Progress as Bar
 
     from studbook_server.config import load_settings
 
-    settings = load_settings()
-    with Bar(transient=False) as bar:
+    url = resolve_database_url(load_settings(), data_dir)
+    with database_errors(url), Bar(transient=False) as bar:
         task = bar.add_task("replaying events", total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        n = await rebuild(settings.database_url, progress=update)
+        n = await rebuild(url, progress=update)
     print(
         f"rebuild: replayed {n} events into fresh read models and swapped them in", file=sys.stderr
     )

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from studbook_server import auth
 from studbook_server.adapters import postgres
 from studbook_server.config import load_settings
+from studbook_server.locate import connection, resolve_database_url
 
 
-async def token_main(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    con = await postgres.connect(settings.database_url)
-    try:
+async def token_main(args: argparse.Namespace, data_dir: Path | None = None) -> int:
+    url = resolve_database_url(load_settings(), data_dir)
+    async with connection(url) as con:
         await postgres.migrate(con)
         if args.action == "create":
             scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
@@ -42,5 +43,3 @@ async def token_main(args: argparse.Namespace) -> int:
                 f"{t.token_id}  {t.name:<24} {','.join(t.scopes):<18} {','.join(t.projects):<20} {state}"
             )
         return 0
-    finally:
-        await con.close()

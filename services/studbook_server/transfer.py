@@ -8,10 +8,12 @@ the same transaction, so a fresh instance has the same read models, time travel 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal
 
 import orjson
 
@@ -20,6 +22,7 @@ from studbook_server.adapters.postgres import Connection, Incoming
 from studbook_server.adapters.readmodels import apply_batch, catch_up
 from studbook_server.domain.contract import InvalidEvent, event_from_dict
 from studbook_server.errors import StudbookError
+from studbook_server.locate import connection, resolve_database_url
 
 _EXPORT = """
 SELECT position, event_id::text, type, schema_version, occurred_at, recorded_at, actor, project,
@@ -69,6 +72,10 @@ async def export_events(
 
 class ImportError_(StudbookError):
     """A line of the import file is not a valid exported event."""
+
+
+class TransferFileError(StudbookError):
+    """The file to export to or import from cannot be opened, read or written."""
 
 
 def _incoming(lines: Iterable[bytes]) -> Iterator[Incoming]:
@@ -123,37 +130,44 @@ async def import_events(
     return read, appended
 
 
-async def export_main(path: str | None) -> int:
+async def export_main(path: str | None, data_dir: Path | None = None) -> int:
     from studbook_server.config import load_settings
 
-    con = await postgres.connect(load_settings().database_url)
-    try:
+    url = resolve_database_url(load_settings(), data_dir)
+    async with connection(url) as con:
         if path in (None, "-"):
             n = await export_events(con, sys.stdout.buffer)
         else:
-            with open(path, "wb") as out:  # noqa: ASYNC230 - a CLI, nothing else runs
+            with _opened(path, "wb") as out:
                 n = await export_events(con, out)
-    finally:
-        await con.close()
     print(f"export-events: wrote {n} events", file=sys.stderr)
     return 0
 
 
-async def import_main(path: str) -> int:
+async def import_main(path: str, data_dir: Path | None = None) -> int:
     from rich.progress import Progress as Bar
 
     from studbook_server.config import load_settings
 
-    settings = load_settings()
-    con = await postgres.connect(settings.database_url)
-    try:
-        await postgres.migrate(con)
-        with open(path, "rb") as src, Bar() as bar:  # noqa: ASYNC230 - a CLI
-            task = bar.add_task("importing events", total=None)
-            read, appended = await import_events(
-                con, src, progress=lambda n: bar.update(task, completed=n)
-            )
-    finally:
-        await con.close()
+    url = resolve_database_url(load_settings(), data_dir)
+    with _opened(path, "rb") as src:
+        async with connection(url) as con:
+            await postgres.migrate(con)
+            with Bar() as bar:
+                task = bar.add_task("importing events", total=None)
+                read, appended = await import_events(
+                    con, src, progress=lambda n: bar.update(task, completed=n)
+                )
     print(f"import-events: read {read} events, appended {appended} new ones", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _opened(path: str, mode: Literal["rb", "wb"]) -> Iterator[BinaryIO]:
+    """``path`` opened; failing to open, read or write it is a one-line StudbookError."""
+    try:
+        with open(path, mode) as f:
+            yield f
+    except OSError as exc:
+        doing = "read" if mode == "rb" else "write"
+        raise TransferFileError(f"cannot {doing} {path}: {exc.strerror or exc}") from exc
