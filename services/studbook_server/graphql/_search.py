@@ -6,7 +6,11 @@ this module, chosen by enum. The indexes that make it fast (schema/sql/0004_grap
 - `run_metrics_key_value (project, key, value, run_id) INCLUDE (min_value, max_value)`: ordering
   by a metric walks it in order and stops after one page; a filter on the ordering metric is a
   range on the same scan; MIN / MAX filters read it without touching the table.
-- `run_params_key_value`, `run_tags_key_value`: when a param or tag filter is the selective part.
+- `run_params_key_value_hash`, `run_tags_key_value_hash` (schema/sql/0006_long_values.sql):
+  `(project, key, <hash of value>) INCLUDE (run_id)`, when a param or tag filter is the selective
+  part. They hold a hash because a value may be longer than a btree entry; an equality filter
+  matches the hash (the index) and then the value (against collisions). Range filters on params
+  use only the `(project, key)` part and compare each value.
 - `runs_started_order`, `runs_finished_order`: keyset pages ordered by time.
 """
 
@@ -153,10 +157,19 @@ def _filters(
     for p in f.params or []:
         if isinstance(p.value, dict | list) or p.value is None:
             raise BadInput(f"param filter `{p.key}`: `value` must be a number, string or boolean")
+        key, value = sql.arg(p.key), sql.arg(p.value)
+        if p.op is CompareOp.EQ:
+            # The hash as the index spells it (so the planner matches it), then the value itself
+            # (against collisions); equal jsonb values hash equal, 1 and 1.0 included.
+            match = (
+                f"jsonb_hash_extended(p.value, 0) = jsonb_hash_extended({value}::jsonb, 0) "
+                f"AND p.value = {value}::jsonb"
+            )
+        else:
+            match = f"p.value {p.op.value} {value}::jsonb"
         sql.where.append(
             "EXISTS (SELECT 1 FROM rm.run_params p WHERE p.project = r.project "
-            f"AND p.run_id = r.run_id AND p.key = {sql.arg(p.key)} "
-            f"AND p.value {p.op.value} {sql.arg(p.value)}::jsonb)"
+            f"AND p.run_id = r.run_id AND p.key = {key} AND {match})"
         )
     for m in f.metrics or []:
         if m is skip_metric:
@@ -167,10 +180,18 @@ def _filters(
             f"AND m.{m.agg.value} {m.op.value} {sql.arg(m.value)}::float8)"
         )
     for t in f.tags or []:
-        value = "" if t.value is None else f" AND t.value = {sql.arg(t.value)}"
+        key = sql.arg(t.key)
+        if t.value is None:
+            match = ""
+        else:
+            value = sql.arg(t.value)
+            match = (
+                f" AND hashtextextended(t.value, 0) = hashtextextended({value}::text, 0) "
+                f"AND t.value = {value}::text"
+            )
         sql.where.append(
             "EXISTS (SELECT 1 FROM rm.run_tags t WHERE t.project = r.project "
-            f"AND t.run_id = r.run_id AND t.key = {sql.arg(t.key)}{value})"
+            f"AND t.run_id = r.run_id AND t.key = {key}{match})"
         )
     if f.status:
         sql.where.append(f"r.status = ANY({sql.arg([s.value for s in f.status])}::text[])")
