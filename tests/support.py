@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from studbook_server.adapters import postgres
 from studbook_server.config import Settings
+from studbook_server.domain import attestation
 from studbook_server.projector import KafkaProjector
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -119,15 +120,36 @@ def scenario() -> list[dict[str, Any]]:
     return e
 
 
+# Who the test pipelines produce as, when they sign records the way the gateway does.
+PIPELINE_SENDER = attestation.Attested("tok-pipeline", "pipeline", frozenset({"write", "approve"}))
+
+
 async def produce(
-    producer: AIOKafkaProducer, topic: str, events: Sequence[dict[str, Any] | bytes]
+    producer: AIOKafkaProducer,
+    topic: str,
+    events: Sequence[dict[str, Any] | bytes],
+    *,
+    key: bytes | None = None,
 ) -> None:
+    """Produce ``events``; with the store's attestation ``key``, each event carries the
+    gateway's signed principal header (PIPELINE_SENDER), as if sent through the gateway."""
     for item in events:
         if isinstance(item, bytes):
             await producer.send(topic, item, key=b"junk")
         else:
-            await producer.send(topic, orjson.dumps(item), key=item["subject"].encode())
+            value = orjson.dumps(item)
+            headers = attestation.headers(key, value, PIPELINE_SENDER) if key else None
+            await producer.send(topic, value, key=item["subject"].encode(), headers=headers)
     await producer.flush()
+
+
+async def attestation_key(database_url: str) -> bytes:
+    """The key the gateway signs principals with, from the store (made on first use)."""
+    con = await postgres.connect(database_url)
+    try:
+        return await postgres.server_key(con, attestation.KEY_NAME)
+    finally:
+        await con.close()
 
 
 def settings_for(database_url: str, bootstrap: str, topic: str, group: str, **kw: Any) -> Settings:

@@ -31,12 +31,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import LeaveGroupRequest
 
+from studbook_server import integrity
 from studbook_server.adapters import postgres
 from studbook_server.rebuild import rebuild
 from tests.conftest import Services
 from tests.support import (
     assert_same_read_models,
     at,
+    attestation_key,
     dump_read_models,
     ev,
     migrated,
@@ -412,7 +414,7 @@ async def _check_store(url: str, stream: Stream, group: str, topic: str, context
         assert await con.fetchval("SELECT count(*) FROM runs") == len(stream.runs)
         assert await con.fetchval("SELECT count(*) FROM model_versions") == stream.model_versions
 
-        report = await postgres.verify(con)  # raises ChainBroken naming the first bad position
+        report = await integrity.verify(con)  # raises ChainBroken naming the first bad position
         assert report.checked == n
     finally:
         await con.close()
@@ -453,7 +455,12 @@ async def test_sigkill_mid_batch_repeatedly_loses_and_duplicates_nothing(
     rng = random.Random(SEED)
     url, topic, group = await _fresh(services, database_factory, topic_factory)
     stream = Stream(rng)
-    await produce(kafka_producer, topic, stream.chunk(runs=48, metric_events=50))
+    await produce(
+        kafka_producer,
+        topic,
+        stream.chunk(runs=48, metric_events=50),
+        key=await attestation_key(url),
+    )
     env = _env(url, services.kafka_bootstrap, topic, group, batch=200)
 
     watch = Watch(await asyncpg.connect(url), group, topic)
@@ -494,7 +501,12 @@ async def test_sigkill_mid_batch_repeatedly_loses_and_duplicates_nothing(
             )
             if life in (1, 3):
                 # More events arrive while the projector is down.
-                await produce(kafka_producer, topic, stream.chunk(8, 40, late_metrics=20))
+                await produce(
+                    kafka_producer,
+                    topic,
+                    stream.chunk(8, 40, late_metrics=20),
+                    key=await attestation_key(url),
+                )
         assert sum(k.in_batch for k in kills) >= 2, f"too few kills hit a batch:\n{history}"
 
         last = procs[-1]
@@ -522,7 +534,12 @@ async def test_sigterm_while_consuming_finishes_the_batch_and_exits_0(
     rng = random.Random(SEED + 1)
     url, topic, group = await _fresh(services, database_factory, topic_factory)
     stream = Stream(rng)
-    await produce(kafka_producer, topic, stream.chunk(runs=16, metric_events=30))
+    await produce(
+        kafka_producer,
+        topic,
+        stream.chunk(runs=16, metric_events=30),
+        key=await attestation_key(url),
+    )
     total = len(stream.events)
     env = _env(url, services.kafka_bootstrap, topic, group, batch=100)
 

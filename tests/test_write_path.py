@@ -12,17 +12,21 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from studbook_server import integrity
 from studbook_server.adapters import postgres
 from studbook_server.adapters.readmodels import catch_up
 from studbook_server.domain.contract import event_from_dict
+from studbook_server.domain.projection import StoredPrincipal
 from studbook_server.errors import ChainBroken
 from studbook_server.projector import KafkaProjector
 from studbook_server.rebuild import rebuild
 from tests.conftest import Services
 from tests.support import (
     ARRIVAL_COLUMNS,
+    PIPELINE_SENDER,
     assert_same_read_models,
     at,
+    attestation_key,
     digest,
     dump_read_models,
     ev,
@@ -51,7 +55,7 @@ async def _pipeline(
     url = await database_factory()
     await migrated(url)
     topic = await topic_factory(partitions=4)
-    await produce(producer, topic, events)
+    await produce(producer, topic, events, key=await attestation_key(url))
     settings = settings_for(
         url, services.kafka_bootstrap, topic, f"g-{uuid.uuid4().hex[:8]}", batch_max_records=batch
     )
@@ -107,9 +111,14 @@ async def test_scenario_produces_expected_read_models(
         mv = await con.fetch("SELECT number, run_id FROM model_versions ORDER BY number")
         assert [tuple(r) for r in mv] == [(1, "run-1"), (2, "run-2")]
         approvals = await con.fetch(
-            "SELECT version, decision, reviewer FROM approvals ORDER BY version"
+            "SELECT version, decision, reviewer, reviewer_id, claimed_by FROM approvals "
+            "ORDER BY version"
         )
-        assert [tuple(a) for a in approvals] == [(1, "approved", "bob"), (2, "rejected", "bob")]
+        # The reviewer is the sender the gateway attested; the event's `actor` is only a claim.
+        assert [tuple(a) for a in approvals] == [
+            (1, "approved", "pipeline", "tok-pipeline", "bob"),
+            (2, "rejected", "pipeline", "tok-pipeline", "bob"),
+        ]
 
         edges = {
             tuple(r) for r in await con.fetch("SELECT edge_type, src, dst, role FROM lineage_edges")
@@ -238,7 +247,7 @@ async def test_verify_passes_then_names_the_edited_position(
     url = await _pipeline(services, database_factory, topic_factory, kafka_producer, scenario())
     con = await postgres.connect(url)
     try:
-        report = await postgres.verify(con)
+        report = await integrity.verify(con)
         assert report.checked == len(scenario())
         assert report.redacted >= 1  # the scenario's redaction erased run-1's host
         await con.execute(
@@ -250,7 +259,7 @@ async def test_verify_passes_then_names_the_edited_position(
             "SELECT position FROM public.events WHERE type = 'run.finished' ORDER BY position LIMIT 1 OFFSET 1"
         )
         with pytest.raises(ChainBroken) as broken:
-            await postgres.verify(con)
+            await integrity.verify(con)
         assert broken.value.position == edited
         assert f"position {edited}" in str(broken.value)
     finally:
@@ -351,8 +360,10 @@ async def test_embedded_store_events_are_projected_the_same(
     await migrated(embedded)
     con = await postgres.connect(embedded)
     try:
+        sender = StoredPrincipal(PIPELINE_SENDER.token_id, PIPELINE_SENDER.name)
         incoming = [
-            postgres.Incoming(e, event_from_dict(orjson.loads(orjson.dumps(e)))) for e in events
+            postgres.Incoming(e, event_from_dict(orjson.loads(orjson.dumps(e))), principal=sender)
+            for e in events
         ]
         async with con.transaction():
             stored = await postgres.append(con, incoming)
@@ -492,7 +503,7 @@ async def test_numbers_jsonb_rewrites_still_verify_and_rebuild_the_same(
     url = await _pipeline(services, database_factory, topic_factory, kafka_producer, events)
     con = await postgres.connect(url)
     try:
-        assert (await postgres.verify(con)).checked == 3
+        assert (await integrity.verify(con)).checked == 3
     finally:
         await con.close()
     before = await dump_read_models(url)
@@ -523,7 +534,7 @@ async def test_redacting_a_field_the_history_needs_is_refused_and_the_rest_goes_
         assert len(reasons) == 2
         assert any("may not erase name" in r for r in reasons)
         assert any("invalid event" in r for r in reasons)
-        assert (await postgres.verify(con)).checked == 4
+        assert (await integrity.verify(con)).checked == 4
     finally:
         await con.close()
     before = await dump_read_models(url)

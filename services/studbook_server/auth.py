@@ -1,7 +1,9 @@
 """API tokens: `sbk_<id>_<secret>`, stored as SHA-256, carrying scopes and a project list.
 
-Scopes: `read` (queries), `write` (send events, run mutations), `admin` (everything, and tokens).
-`admin` implies the others; a project list of `*` means every project.
+Scopes: `read` (queries), `write` (send events, run mutations), `approve` (governance decisions:
+approve or reject a model version), `admin` (everything, and tokens). `admin` implies the others;
+`write` does not imply `approve`, so a training job's token cannot approve what it trained. A
+project list of `*` means every project.
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ import asyncpg
 
 from studbook_server.adapters.postgres import Connection, Pool
 
-SCOPES = ("read", "write", "admin")
+SCOPES = ("read", "write", "approve", "admin")
+# Event types that record a governance decision: sending one needs the `approve` scope.
+GOVERNANCE_TYPES = frozenset({"model.version.approved", "model.version.rejected"})
 PREFIX = "sbk_"
+MAX_NAME = 200
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a token's name, scopes and projects (or everyone, with auth disabled)."""
+    """Who is calling: a token's id, name, scopes and projects (or everyone, with auth
+    disabled: no token id)."""
 
+    token_id: str | None
     name: str
     scopes: frozenset[str]
     projects: frozenset[str]
@@ -33,8 +40,14 @@ class Principal:
     def may_access(self, project: str) -> bool:
         return "*" in self.projects or project in self.projects
 
+    def may_send(self, event_type: str) -> bool:
+        """Whether this principal's scopes allow sending an event of ``event_type``."""
+        if event_type in GOVERNANCE_TYPES:
+            return self.has_scope("approve")
+        return self.has_scope("write")
 
-ANONYMOUS_ADMIN = Principal("auth-disabled", frozenset(SCOPES), frozenset({"*"}))
+
+ANONYMOUS_ADMIN = Principal(None, "auth-disabled", frozenset(SCOPES), frozenset({"*"}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,9 @@ async def create_token(
         )
     if not projects:
         raise ValueError("give at least one project, or `*` for every project")
+    if not 1 <= len(name) <= MAX_NAME:
+        # The name is recorded with every event the token sends, as the authenticated principal.
+        raise ValueError(f"a token name must be 1 to {MAX_NAME} characters")
     token_id, token = new_token()
     await con.execute(
         "INSERT INTO public.api_tokens (token_id, name, token_hash, scopes, projects) "
@@ -110,7 +126,7 @@ async def authenticate(pool: Pool, header: str | None) -> Principal | None:
         return None
     try:
         row = await pool.fetchrow(
-            "SELECT name, scopes, projects FROM public.api_tokens "
+            "SELECT token_id, name, scopes, projects FROM public.api_tokens "
             "WHERE token_hash = $1 AND revoked_at IS NULL",
             hash_token(token.strip()),
         )
@@ -118,4 +134,6 @@ async def authenticate(pool: Pool, header: str | None) -> Principal | None:
         return None
     if row is None:
         return None
-    return Principal(row["name"], frozenset(row["scopes"]), frozenset(row["projects"]))
+    return Principal(
+        row["token_id"], row["name"], frozenset(row["scopes"]), frozenset(row["projects"])
+    )

@@ -26,21 +26,27 @@ def _cmd_projector(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from studbook_server.adapters.postgres import migrate_main
+    from studbook_server.store_cli import migrate_main
 
-    return _run(migrate_main())
+    return _run(migrate_main(args.data_dir))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from studbook_server.adapters.postgres import verify_main
+    from studbook_server.store_cli import verify_main
 
-    return _run(verify_main())
+    return _run(verify_main(args.seals, args.public_key, args.data_dir))
+
+
+def _cmd_seal(args: argparse.Namespace) -> int:
+    from studbook_server.store_cli import seal_main
+
+    return _run(seal_main(args.key, args.log, args.init_key, args.data_dir))
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from studbook_server.rebuild import rebuild_main
 
-    return _run(rebuild_main())
+    return _run(rebuild_main(args.data_dir))
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_token(args: argparse.Namespace) -> int:
     from studbook_server.tokens_cli import token_main
 
-    return _run(token_main(args))
+    return _run(token_main(args, args.data_dir))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -91,13 +97,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from studbook_server.transfer import export_main
 
-    return _run(export_main(args.out))
+    return _run(export_main(args.out, args.data_dir))
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from studbook_server.transfer import import_main
 
-    return _run(import_main(args.file))
+    return _run(import_main(args.file, args.data_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +161,31 @@ def build_parser() -> argparse.ArgumentParser:
         "is set, else by tailing the event store",
     )  # fmt: skip
     add("migrate", _cmd_migrate, "apply pending schema migrations to PostgreSQL and exit")
-    add("verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch")
+    verify = add(
+        "verify", _cmd_verify, "walk the event store's hash chain and report the first mismatch"
+    )
+    verify.add_argument(
+        "--seals", default=None, metavar="LOG",
+        help="also check the chain against every seal in this seal log",
+    )  # fmt: skip
+    verify.add_argument(
+        "--public-key", default=None, metavar="PEM",
+        help="the seal public key (default: STUDBOOK_SEAL_KEY's public half)",
+    )  # fmt: skip
+    seal = add(
+        "seal", _cmd_seal,
+        "sign the event store's current head (Ed25519) and append it to the seal log",
+    )  # fmt: skip
+    seal.add_argument(
+        "--key", default=None, metavar="PEM", help="the private seal key (STUDBOOK_SEAL_KEY)"
+    )
+    seal.add_argument(
+        "--log", default=None, metavar="FILE", help="the seal log to append to (STUDBOOK_SEAL_LOG)"
+    )
+    seal.add_argument(
+        "--init-key", action="store_true",
+        help="create a new key at --key (and its public half at <key>.pub) and exit",
+    )  # fmt: skip
     add("rebuild", _cmd_rebuild, "replay the event store into fresh read models and swap them in")
     export = add("export-events", _cmd_export, "write the event store as NDJSON (a backup)")
     export.add_argument("--out", default=None, help="file to write (default: standard output)")
@@ -166,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = tsub.add_parser("create", help="create a token and print it (shown once)")
     create.add_argument("--name", required=True, help="who or what uses it, e.g. ci-training")
     create.add_argument(
-        "--scopes", default="read,write", help="comma-separated: read, write, admin (%(default)s)"
+        "--scopes",
+        default="read,write",
+        help="comma-separated: read, write, approve, admin (%(default)s)",
     )
     create.add_argument(
         "--projects", default="*", help="comma-separated project names, or * for all (%(default)s)"
@@ -174,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("list", help="list tokens (never their secrets)")
     revoke = tsub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
+    for p in (
+        sub.choices["migrate"], verify, seal, sub.choices["rebuild"], export, imp, create,
+        tsub.choices["list"], revoke,
+    ):  # fmt: skip
+        p.add_argument(
+            "--data-dir", type=Path, default=None,
+            help="without STUDBOOK_DATABASE_URL: the data folder of a running `studbook-server "
+            "up` (default: STUDBOOK_DATA_DIR, else ~/.local/share/studbook; /var/lib/studbook as "
+            "root)",
+        )  # fmt: skip
     return parser
 
 

@@ -18,6 +18,11 @@ class Settings:
     log_level: str
     auth_disabled: bool = False
     max_body_bytes: int = 8 * 1024 * 1024
+    # Projects where a model version may not be approved by the token that registered it.
+    four_eyes_projects: frozenset[str] = frozenset()
+    # Ed25519 private key that signs seals of the event store's head, and the seal log.
+    seal_key: str = ""
+    seal_log: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -38,4 +43,11 @@ def load_settings(env_file: str | None = None) -> Settings:
         # Only for a laptop: every request is treated as an admin of every project.
         auth_disabled=config("AUTH_DISABLED", cast=bool, default=False),
         max_body_bytes=config("MAX_BODY_BYTES", cast=int, default=8 * 1024 * 1024),
+        four_eyes_projects=frozenset(
+            p.strip()
+            for p in config("FOUR_EYES_PROJECTS", cast=str, default="").split(",")
+            if p.strip()
+        ),
+        seal_key=config("SEAL_KEY", cast=str, default=""),
+        seal_log=config("SEAL_LOG", cast=str, default=""),
     )

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
+
 import studbook
 
 PROJECT = "churn"
@@ -109,8 +111,21 @@ class _Clock:
         return self.start + timedelta(days=day, hours=hour)
 
 
+# The people of the demo, and the scopes their own tokens have: alice and carol train and promote,
+# bob reviews. `up` makes these tokens and passes them in STUDBOOK_DEMO_TOKENS (a JSON object of
+# name -> token); without them every event is sent with the one token given, and the people
+# show only as claims.
+PERSONAS = {
+    "alice": ["read", "write"],
+    "bob": ["read", "write", "approve"],
+    "carol": ["read", "write"],
+}
+_persona_tokens: dict[str, str] = {}
+
+
 def _as(actor: str, url: str, token: str | None) -> None:
     studbook.flush()
+    token = _persona_tokens.get(actor, token)
     studbook.init(url=url, project=PROJECT, token=token, actor=actor)
 
 
@@ -277,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("STUDBOOK_TOKEN"))
     parser.add_argument("--workdir", type=Path, default=None, help="where demo data files go")
     args = parser.parse_args(argv)
+    _persona_tokens.update(orjson.loads(os.environ.get("STUDBOOK_DEMO_TOKENS") or "{}"))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="studbook-demo-"))
     made = run_demo(args.url, args.token, workdir)
     studbook.shutdown()

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
+
 from studbook_server import auth
 from studbook_server.adapters import postgres
 from studbook_server.config import Settings, load_settings
@@ -103,7 +105,27 @@ def store_is_empty(settings: Settings) -> bool:
     return asyncio.run(count()) == 0
 
 
-def _load_demo_when_ready(base: str, token: str | None, workdir: Path) -> None:
+def demo_tokens(settings: Settings) -> dict[str, str]:
+    """A token for each person of the demo (their own scopes), so the demo's history shows who
+    did what as authenticated principals, and bob, the reviewer, is the only one who approves."""
+    from studbook_server.demo import PERSONAS, PROJECT
+
+    async def make() -> dict[str, str]:
+        con = await postgres.connect(settings.database_url)
+        try:
+            return {
+                name: (await auth.create_token(con, name, scopes, [PROJECT]))[1]
+                for name, scopes in PERSONAS.items()
+            }
+        finally:
+            await con.close()
+
+    return asyncio.run(make())
+
+
+def _load_demo_when_ready(
+    base: str, token: str | None, workdir: Path, personas: dict[str, str]
+) -> None:
     """Run the demo (real training code through the SDK) once the service answers."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -116,6 +138,8 @@ def _load_demo_when_ready(base: str, token: str | None, workdir: Path) -> None:
     env = dict(os.environ)
     if token:
         env["STUDBOOK_TOKEN"] = token  # not on the command line, where other users can read it
+    if personas:
+        env["STUDBOOK_DEMO_TOKENS"] = orjson.dumps(personas).decode()
     print("demo: loading six weeks of example history through the SDK ...", flush=True)
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -164,7 +188,12 @@ def run_up(
         if load_demo:
             threading.Thread(
                 target=_load_demo_when_ready,
-                args=(base, token, folder / "demo-data"),
+                args=(
+                    base,
+                    token,
+                    folder / "demo-data",
+                    demo_tokens(settings) if token else {},
+                ),
                 name="studbook-demo",
                 daemon=True,
             ).start()

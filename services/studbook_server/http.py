@@ -27,6 +27,7 @@ from studbook_server import ingest
 from studbook_server.adapters import postgres
 from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePublisher
 from studbook_server.config import Settings, load_settings
+from studbook_server.domain import attestation
 from studbook_server.errors import ConfigError
 from studbook_server.graphql import ApiDeps, graphql_routes
 from studbook_server.projector import KafkaProjector, StoreTailer
@@ -75,13 +76,16 @@ def build_app(role: str, settings: Settings) -> Starlette:
         try:
             async with pool.acquire() as con:
                 await postgres.migrate(con)
+                signing_key = await postgres.server_key(con, attestation.KEY_NAME)
             # The API publishes too: its mutations are events like any other client's.
             if role in ("ingest", "up", "api"):
                 if settings.embedded:
                     running.publisher = StorePublisher(pool)
                 else:
                     assert settings.kafka_bootstrap is not None
-                    kafka = KafkaPublisher(settings.kafka_bootstrap, settings.events_topic)
+                    kafka = KafkaPublisher(
+                        settings.kafka_bootstrap, settings.events_topic, signing_key
+                    )
                     await kafka.start()
                     running.publisher = kafka
                 if role != "api":

@@ -19,10 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from studbook_server import auth
+from studbook_server import auth, governance
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming, Pool
-from studbook_server.adapters.publish import Publisher, PublishTooLarge, PublishUnavailable
+from studbook_server.adapters.publish import (
+    Publisher,
+    PublishRefused,
+    PublishTooLarge,
+    PublishUnavailable,
+)
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, caught_up, decode
 from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
@@ -149,7 +154,7 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
     principal = await _principal(gw, request)
     if principal is None:
         return _error(401, "missing or invalid bearer token: send `Authorization: Bearer sbk_...`")
-    if not principal.has_scope("write"):
+    if not (principal.has_scope("write") or principal.has_scope("approve")):
         return _error(403, f"token `{principal.name}` lacks the `write` scope")
     try:
         body = await _read_body(request, gw.settings.max_body_bytes)
@@ -184,11 +189,18 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
         return _error(
             403, f"token `{principal.name}` may not write to project(s) {', '.join(forbidden)}"
         )
+    problem = governance.scope_problem(principal, parsed) or await governance.four_eyes_problem(
+        gw.pool, gw.settings, principal, parsed
+    )
+    if problem is not None:
+        return _error(403, problem)
     started = time.perf_counter()
     try:
-        token = await gw.publisher.publish(incoming)
+        token = await gw.publisher.publish(incoming, principal)
     except PublishTooLarge as exc:
         return _error(413, str(exc))
+    except PublishRefused as exc:
+        return _error(422, str(exc))
     except PublishUnavailable as exc:
         return _error(503, f"{exc}; retry later (re-sending is safe)")
     gw.metrics.publish_seconds.observe(time.perf_counter() - started)

@@ -29,8 +29,11 @@ from aiokafka.errors import KafkaError
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
 from studbook_server.adapters.readmodels import apply_batch, catch_up
+from studbook_server.auth import GOVERNANCE_TYPES
 from studbook_server.config import Settings, load_settings
+from studbook_server.domain import attestation
 from studbook_server.domain.contract import InvalidEvent, event_from_dict
+from studbook_server.domain.projection import UNVERIFIED, StoredPrincipal
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,20 @@ class Decoded:
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
-    """One Kafka record's value -> a validated event, or a dead letter saying what is wrong."""
+def decode_record(
+    raw: bytes,
+    source: str,
+    headers: Sequence[tuple[str, bytes]] = (),
+    key: bytes | None = None,
+) -> Incoming | DeadLetter:
+    """One Kafka record -> a validated event with its attested sender, or a dead letter saying
+    what is wrong. ``key`` checks the gateway's signature over the sender (none: unverified)."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return DeadLetter(None, source, f"not valid JSON: {exc}", raw)
+    except RecursionError:
+        return DeadLetter(None, source, "not valid JSON: nested too deeply", raw)
     event_id = doc.get("event_id") if isinstance(doc, dict) else None
     # Only a well-formed id is kept: anything else (say, with a NUL) could not even be stored.
     event_id = event_id if isinstance(event_id, str) and _UUID.fullmatch(event_id) else None
@@ -85,7 +96,19 @@ def decode_record(raw: bytes, source: str) -> Incoming | DeadLetter:
         return DeadLetter(
             event_id, source, "contains a NUL character (\\u0000), which cannot be stored", raw
         )
-    return Incoming(doc, event)
+    sender = attestation.verify(key, raw, headers) if key is not None else None
+    if event.type in GOVERNANCE_TYPES and (
+        sender is None or not ({"approve", "admin"} & sender.scopes)
+    ):
+        return DeadLetter(
+            event_id, source,
+            f"`{event.type}` needs a sender authenticated with the `approve` scope, and this "
+            "record carries no valid signature of one: send decisions through the gateway "
+            "(POST /v1/events) or the GraphQL API with an `approve` token",
+            raw,
+        )  # fmt: skip
+    principal = UNVERIFIED if sender is None else StoredPrincipal(sender.token_id, sender.name)
+    return Incoming(doc, event, principal=principal)
 
 
 _DEAD_LETTER = """
@@ -166,6 +189,7 @@ class KafkaProjector:
         # aiokafka completes an assignment before it awaits our listener, so `run` waits for it.
         self.positioned = asyncio.Event()
         self.busy = asyncio.Lock()  # held while a batch is being stored
+        self.key: bytes | None = None  # checks the gateway's signature on each record's sender
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.consumer_group,
@@ -219,6 +243,8 @@ class KafkaProjector:
         )
 
     async def run(self) -> None:
+        async with self.pool.acquire() as con:
+            self.key = await postgres.server_key(con, attestation.KEY_NAME)
         self.consumer.subscribe([self.settings.events_topic], listener=_SeekToStoredOffsets(self))
         await self.consumer.start()
         try:
@@ -247,7 +273,8 @@ class KafkaProjector:
             for r in records:
                 if r.offset >= floor:
                     source = f"kafka:{tp.topic}/{tp.partition}@{r.offset}"
-                    out.append((tp.partition, r.offset, r.value, decode_record(r.value, source)))
+                    item = decode_record(r.value, source, r.headers, self.key)
+                    out.append((tp.partition, r.offset, r.value, item))
         self.stats.records += len(out)
         return out
 
@@ -274,26 +301,21 @@ class KafkaProjector:
         if not items:
             return
         async with self.busy:
-            delay, races = 0.5, 0
+            delay = 0.5
             while True:
                 try:
                     async with self.pool.acquire() as con:
                         await self._store(con, items)
                     return
                 except Exception as exc:
-                    kind = postgres.failure_kind(exc)
-                    if isinstance(exc, asyncpg.UniqueViolationError):
-                        races += 1  # another projector stored these first: retrying dedupes
-                        kind = "retry" if races < 3 else "data"
-                    if kind == "fatal":
-                        raise
-                    if kind == "data":
-                        # The data broke a statement: store event by event, dead-lettering the
-                        # one(s) responsible, so one bad event never stops the pipeline (nor
-                        # stops it again on every restart).
+                    if postgres.failure_kind(exc) != "retry":
+                        # Not transient, so about some record of the batch: store event by
+                        # event, dead-lettering the one(s) responsible, so one bad event never
+                        # stops the pipeline (nor stops it again on every restart).
                         log.warning(
-                            "%s: a batch failed (%s); storing it event by event", self.name, exc
-                        )
+                            "%s: a batch failed (%s: %s); storing it event by event",
+                            self.name, type(exc).__name__, exc,
+                        )  # fmt: skip
                         await self._store_one_by_one(items)
                         return
                     # Nothing was committed: retry the same batch (never skip it).
@@ -318,7 +340,7 @@ class KafkaProjector:
                         try:
                             await self._store(con, [one])
                         except Exception as exc:
-                            if postgres.failure_kind(exc) != "data":
+                            if postgres.failure_kind(exc) == "retry":
                                 raise
                             await self._store_refused(con, one, exc)
                     break
@@ -327,33 +349,50 @@ class KafkaProjector:
                         raise
                     if self._stopping.is_set():
                         return
+                    self.stats.retries += 1
                     delay = await pause(delay, self._stopping)
 
     async def _store_refused(
         self, con: postgres.Connection, one: tuple[int, int, bytes, Incoming | DeadLetter],
         exc: BaseException,
     ) -> None:  # fmt: skip
-        """Keep a valid event the read models refuse: in the store (as claimed) and in the dead
-        letters with its position and the database's reason; then move past it."""
+        """Keep a record that cannot be projected: a valid event in the store (as sent) and in
+        the dead letters with its position and the reason; then move past it. An event the
+        store itself refuses is kept as a dead letter only, with both reasons."""
         partition, offset, raw, item = one
         source = f"kafka:{self.settings.events_topic}/{partition}@{offset}"
         reason = f"could not be applied: {type(exc).__name__}: {exc}"
-        async with con.transaction():
+        event_id = item.event.event_id if isinstance(item, Incoming) else item.event_id
+        position = None
+        try:
+            async with con.transaction():
+                if isinstance(item, Incoming):
+                    stored = await postgres.append(con, [item])
+                    position = stored[0].position if stored else None
+                else:  # a dead letter the database refused: keep the bare facts
+                    reason = f"{item.reason} (stored without details: {type(exc).__name__})"
+                await self._dead_letter(
+                    con, event_id, position, source, reason, raw, partition, offset
+                )
+        except Exception as second:
+            if postgres.failure_kind(second) == "retry":
+                raise
             position = None
-            event_id = None
-            if isinstance(item, Incoming):
-                event_id = item.event.event_id
-                stored = await postgres.append(con, [item])
-                position = stored[0].position if stored else None
-            else:  # a dead letter the database refused (it cannot: keep the bare facts)
-                reason = f"{item.reason} (stored without details: {type(exc).__name__})"
-            await con.execute(_DEAD_LETTER, event_id, position, source, reason, raw)
-            await con.execute(
-                _STORE_OFFSETS, self.settings.consumer_group, self.settings.events_topic,
-                [partition], [offset + 1],
-            )  # fmt: skip
+            reason = f"{reason}; not stored: {type(second).__name__}: {second}"
+            async with con.transaction():
+                await self._dead_letter(con, event_id, None, source, reason, raw, partition, offset)
         self.stats.dead_letters += 1
         log.warning("dead-lettered %s (position %s): %s", source, position, reason)
+
+    async def _dead_letter(
+        self, con: postgres.Connection, event_id: str | None, position: int | None, source: str,
+        reason: str, raw: bytes, partition: int, offset: int,
+    ) -> None:  # fmt: skip
+        await con.execute(_DEAD_LETTER, event_id, position, source, reason, raw)
+        await con.execute(
+            _STORE_OFFSETS, self.settings.consumer_group, self.settings.events_topic,
+            [partition], [offset + 1],
+        )  # fmt: skip
 
 
 class StoreTailer:

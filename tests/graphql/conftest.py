@@ -23,6 +23,7 @@ from studbook_server.adapters import postgres, readmodels
 from studbook_server.adapters.postgres import Incoming
 from studbook_server.adapters.publish import StorePublisher
 from studbook_server.domain.contract import event_from_dict
+from studbook_server.domain.projection import StoredPrincipal
 from studbook_server.graphql import ApiDeps, graphql_routes
 from tests.support import migrated, scenario, settings_for
 
@@ -152,6 +153,7 @@ async def make_tokens(url: str) -> dict[str, str]:
             "fraud-reader": await auth.create_token(con, "fraud-reader", ["read"], ["fraud"]),
             "writer": await auth.create_token(con, "writer", ["read", "write"], ["churn"]),
             "write-only": await auth.create_token(con, "write-only", ["write"], ["churn"]),
+            "reviewer": await auth.create_token(con, "reviewer", ["read", "approve"], ["churn"]),
             "admin": await auth.create_token(con, "admin", ["admin"], ["*"]),
             "revoked": await auth.create_token(con, "revoked", ["admin"], ["*"]),
         }
@@ -162,12 +164,21 @@ async def make_tokens(url: str) -> dict[str, str]:
 
 
 async def append_and_project(url: str, docs: list[dict[str, Any]]) -> int:
-    """Append events to the store and project them; return the last position."""
+    """Append events to the store and project them; return the last position. Each event is
+    recorded as sent by a token named after its actor (as if each person had their own)."""
     con = await postgres.connect(url)
     try:
         async with con.transaction():
             stored = await postgres.append(
-                con, [Incoming(d, event_from_dict(d, i)) for i, d in enumerate(docs)]
+                con,
+                [
+                    Incoming(
+                        d,
+                        event_from_dict(d, i),
+                        principal=StoredPrincipal(f"tok-{d['actor']}", d["actor"]),
+                    )
+                    for i, d in enumerate(docs)
+                ],
             )
         await readmodels.catch_up(con)
         assert not await con.fetchval("SELECT count(*) FROM public.dead_letters"), await con.fetch(

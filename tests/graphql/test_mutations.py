@@ -92,7 +92,7 @@ async def test_read_your_writes_with_the_header_and_with_the_extension(
     approve = api.query(
         """mutation { approve(modelVersion: "churn/model_version:churn-clf@2", comment: "fixed",
                               evidence: ["s3://reports/2.html"]) { consistencyToken } }""",
-        token="writer",
+        token="reviewer",
     )["approve"]
     thread = _project_later(url, 0.5)
     approvals = api.query(
@@ -104,7 +104,7 @@ async def test_read_your_writes_with_the_header_and_with_the_extension(
     assert approvals["approvals"][-1] == {
         "decision": "APPROVED",
         "comment": "fixed",
-        "reviewer": "writer",
+        "reviewer": "reviewer",
     }
 
 
@@ -147,7 +147,7 @@ async def test_every_command(api: Api, db: tuple[str, dict[str, str]]) -> None:
     )
     api.query(
         'mutation { reject(modelVersion: "churn/model_version:churn-clf@1", comment: "stale") { eventId } }',
-        **w,
+        token="reviewer",
     )
     await project(url)
     api.query(
@@ -176,7 +176,7 @@ async def test_every_command(api: Api, db: tuple[str, dict[str, str]]) -> None:
     ]  # fmt: skip
     assert [e["type"] for e in data["history"]["nodes"]] == [
         "run.tags.set", "run.tags.set", "annotation.added", "model.version.deployed",
-        "model.version.rejected", "model.version.undeployed", "model.alias.removed",
+        "model.version.undeployed", "model.alias.removed",
     ]  # fmt: skip
     async_con = await postgres.connect(url)
     try:
@@ -217,6 +217,16 @@ def test_commands_are_checked_before_anything_is_emitted(api: Api) -> None:
     c, m = code(
         'mutation { approve(modelVersion: "churn/model_version:churn-clf@1") { eventId } }',
         token="reader",
+    )
+    assert c == "FORBIDDEN"
+    assert "`approve` scope" in m
+    # A training job's `write` token cannot approve.
+    c, m = code('mutation { approve(modelVersion: "churn/model_version:churn-clf@1") { eventId } }')
+    assert c == "FORBIDDEN"
+    assert m == "token `writer` lacks the `approve` scope needed to send `model.version.approved`"
+    c, m = code(
+        'mutation { tagRun(run: "churn/run:run-1", tags: [{key: "a", value: "b"}]) { eventId } }',
+        token="reviewer",
     )
     assert c == "FORBIDDEN"
     assert "`write` scope" in m

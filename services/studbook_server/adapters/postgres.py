@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -16,8 +16,8 @@ import orjson
 
 from studbook_server.domain import chain
 from studbook_server.domain.contract import Event, schema_dir, upcast
-from studbook_server.domain.projection import StoredEvent
-from studbook_server.errors import ChainBroken, ConfigError, StoreError
+from studbook_server.domain.projection import UNVERIFIED, StoredEvent, StoredPrincipal
+from studbook_server.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,11 @@ FailureKind = Literal["retry", "data", "fatal"]
 
 # SQLSTATE classes: 08 connection, 53 insufficient resources, 57 operator intervention (shutdown,
 # statement cancelled or timed out), 58 system error. 40001/40P01: serialisation failure and
-# deadlock; 55P03: lock not available; 23505: a unique key raced with another projector.
+# deadlock; 55P03: lock not available. A unique violation (23505) is not among them: appends and
+# projections run under the store lock, so one is a fact about the data (or a bug), and retrying
+# it would stall the pipeline forever.
 _RETRY_CLASSES = frozenset({"08", "53", "57", "58"})
-_RETRY_STATES = frozenset({"40001", "40P01", "55P03", "23505"})
+_RETRY_STATES = frozenset({"40001", "40P01", "55P03"})
 # 22 data exception, 23 integrity constraint violation, 54 program limit exceeded: the data.
 _DATA_CLASSES = frozenset({"22", "23", "54"})
 
@@ -161,13 +163,14 @@ async def migrate(con: Connection) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A validated event to append: the wire document as sent (its own schema version) and the
-    same event upcast for projection."""
+    """A validated event to append: the wire document as sent (its own schema version), the
+    same event upcast for projection, and who sent it as the server authenticated them."""
 
     doc: dict[str, Any]
     event: Event
     # Set only by `import-events`, which restores another store's history as it was recorded.
     recorded_at: datetime | None = None
+    principal: StoredPrincipal = UNVERIFIED
 
 
 _APPEND_HEAD = """
@@ -187,8 +190,8 @@ FROM unnest($1::text[], $2::text[]) AS s(project, subject)
 
 EVENT_COLUMNS = [
     "position", "event_id", "type", "schema_version", "project", "subject", "subject_seq",
-    "actor", "occurred_at", "recorded_at", "correlation_id", "causation_id", "producer",
-    "payload", "content_hash", "chain_hash",
+    "principal_id", "principal", "actor", "occurred_at", "recorded_at", "correlation_id",
+    "causation_id", "producer", "payload", "hash_version", "salts", "content_hash", "chain_hash",
 ]  # fmt: skip
 
 
@@ -231,6 +234,8 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
         position += 1
         seq = seqs[(e.project, e.subject)] + 1
         seqs[(e.project, e.subject)] = seq
+        leaves = chain.leaves(payload)
+        salts = chain.new_salts(leaves)
         fields: dict[str, Any] = {
             "position": position,
             "event_id": e.event_id.lower(),
@@ -239,18 +244,21 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
             "project": e.project,
             "subject": e.subject,
             "subject_seq": seq,
+            "principal_id": item.principal.token_id,
+            "principal": item.principal.name,
             "actor": e.actor,
             "occurred_at": e.occurred_at,
             "recorded_at": item.recorded_at or recorded_at,
             "correlation_id": e.correlation_id,
             "causation_id": e.causation_id,
             "producer": e.producer,
-            "payload": payload,
         }
-        content = chain.content_hash(**fields)
+        content = chain.content_hash_v2(
+            **fields, payload_commitments=chain.commitments(leaves, salts, {})
+        )
         previous = chain.link(previous, content)
-        rows.append((*fields.values(), content, previous))
-        stored.append(StoredEvent(e, position, fields["recorded_at"]))
+        rows.append((*fields.values(), payload, chain.HASH_VERSION, salts, content, previous))
+        stored.append(StoredEvent(e, position, fields["recorded_at"], item.principal))
     await con.copy_records_to_table(
         "events", schema_name="public", records=rows, columns=EVENT_COLUMNS
     )
@@ -259,8 +267,8 @@ async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEv
 
 
 _READ_EVENTS = """
-SELECT position, event_id::text, type, schema_version, project, subject, actor, occurred_at,
-       recorded_at, correlation_id, causation_id, producer, payload
+SELECT position, event_id::text, type, schema_version, project, subject, principal_id, principal,
+       actor, occurred_at, recorded_at, correlation_id, causation_id, producer, payload
 FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
 """
 
@@ -283,7 +291,9 @@ def stored_event(row: asyncpg.Record) -> StoredEvent:
         causation_id=row["causation_id"],
         producer=row["producer"],
     )
-    return StoredEvent(event, row["position"], row["recorded_at"])
+    # Rows written before principals were recorded name no principal: the claim is all there is.
+    principal = StoredPrincipal(row["principal_id"], row["principal"] or UNVERIFIED.name)
+    return StoredEvent(event, row["position"], row["recorded_at"], principal)
 
 
 async def read_events(con: Connection, after: int, limit: int) -> list[StoredEvent]:
@@ -295,79 +305,24 @@ async def head_position(con: Connection) -> int:
     return int(value)
 
 
-# ------------------------------------------------------------------------------------ verify
-
-_VERIFY = """
-SELECT position, event_id::text, type, schema_version, project, subject, subject_seq, actor,
-       occurred_at, recorded_at, correlation_id, causation_id, producer, payload,
-       content_hash, chain_hash, redacted_by
-FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    checked: int
-    redacted: int
-
-
-async def verify(con: Connection, batch: int = 5000) -> VerifyReport:
-    """Walk the whole chain; raise :class:`ChainBroken` naming the first position that fails."""
-    previous = chain.GENESIS
-    expected_position = 0
-    checked = redacted = 0
-    while True:
-        rows = await con.fetch(_VERIFY, expected_position, batch)
-        if not rows:
-            return VerifyReport(checked, redacted)
-        for r in rows:
-            expected_position += 1
-            if r["position"] != expected_position:
-                raise ChainBroken(expected_position, "row is missing (positions must be gapless)")
-            fields = {k: r[k] for k in EVENT_COLUMNS[:-2]}
-            if r["redacted_by"] is None:
-                if chain.content_hash(**fields) != r["content_hash"]:
-                    raise ChainBroken(r["position"], "content does not match its content_hash")
-            else:
-                redacted += 1
-            if chain.link(previous, r["content_hash"]) != r["chain_hash"]:
-                raise ChainBroken(r["position"], "chain_hash does not follow from the previous row")
-            previous = r["chain_hash"]
-            checked += 1
-
-
-# ------------------------------------------------------------------------------ entry points
-
-
-async def migrate_main() -> int:
-    from studbook_server.config import load_settings
-
-    settings = load_settings()
-    con = await connect(settings.database_url)
-    try:
-        applied = await migrate(con)
-    finally:
-        await con.close()
-    print(f"applied migrations: {applied or 'none pending'}")
-    return 0
-
-
-async def verify_main() -> int:
-    from studbook_server.config import load_settings
-
-    settings = load_settings()
-    con = await connect(settings.database_url)
-    try:
-        report = await verify(con)
-    except ChainBroken as exc:
-        print(f"verify: FAILED: {exc}", file=sys.stderr)
-        return 1
-    except asyncpg.PostgresError as exc:
-        raise StoreError(f"could not read the event store: {exc}") from exc
-    finally:
-        await con.close()
-    print(
-        f"verify: ok, {report.checked} events, chain intact ({report.redacted} redacted rows "
-        "checked by chain only)"
+async def head(con: Connection) -> tuple[int, bytes]:
+    """The last position and its chain hash (0 and the genesis hash for an empty store)."""
+    row = await con.fetchrow(
+        "SELECT position, chain_hash FROM public.events ORDER BY position DESC LIMIT 1"
     )
-    return 0
+    if row is None:
+        return 0, chain.GENESIS
+    return int(row["position"]), bytes(row["chain_hash"])
+
+
+async def server_key(con: Connection, name: str) -> bytes:
+    """A secret the services share through the database, made on first use."""
+    await con.execute(
+        "INSERT INTO public.server_keys (name, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        name,
+        secrets.token_bytes(32),
+    )
+    secret: bytes = await con.fetchval(
+        "SELECT secret FROM public.server_keys WHERE name = $1", name
+    )
+    return secret

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
+from studbook_server.auth import Principal
 from studbook_server.consistency import KafkaToken, StoreToken, Token
+from studbook_server.domain import attestation
+from studbook_server.domain.projection import StoredPrincipal
 from studbook_server.errors import StudbookError
 
 # The largest event Kafka takes: the broker's message.max.bytes (scripts/stack.py,
@@ -29,8 +32,14 @@ class PublishTooLarge(StudbookError):
     """An event is larger than Kafka accepts; retrying cannot help (the client must split it)."""
 
 
+class PublishRefused(StudbookError):
+    """The event store refused an event as data (e.g. a value out of its column's range)."""
+
+
 class Publisher(Protocol):
-    async def publish(self, events: Sequence[Incoming]) -> Token: ...
+    async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
+        """Hand over events sent by ``sender`` (the authenticated principal, recorded with
+        each event); return a token for reading them back once projected."""
 
     async def problem(self) -> str | None:
         """None when the transport is reachable, else what is wrong."""
@@ -42,13 +51,16 @@ class StorePublisher:
     def __init__(self, pool: postgres.Pool) -> None:
         self.pool = pool
 
-    async def publish(self, events: Sequence[Incoming]) -> Token:
+    async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
+        who = StoredPrincipal(sender.token_id, sender.name)
         try:
             async with self.pool.acquire() as con, con.transaction():
-                stored = await postgres.append(con, events)
+                stored = await postgres.append(con, [replace(i, principal=who) for i in events])
                 position = stored[-1].position if stored else await postgres.head_position(con)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            raise PublishUnavailable(f"the event store is unreachable: {exc}") from exc
+        except Exception as exc:
+            if postgres.failure_kind(exc) == "retry":
+                raise PublishUnavailable(f"the event store is unreachable: {exc}") from exc
+            raise PublishRefused(f"the event store refused the events: {exc}") from exc
         return StoreToken(position)
 
     async def problem(self) -> str | None:
@@ -58,9 +70,10 @@ class StorePublisher:
 class KafkaPublisher:
     """Deployment: produce to the events topic (idempotent producer, acks=all, key = subject)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, key: bytes) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
+        self.key = key  # signs the sender's principal on each record (domain/attestation.py)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             enable_idempotence=True,
@@ -75,14 +88,20 @@ class KafkaPublisher:
     async def stop(self) -> None:
         await self.producer.stop()
 
-    async def publish(self, events: Sequence[Incoming]) -> Token:
+    async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
+        who = attestation.Attested(sender.token_id, sender.name, sender.scopes)
         try:
-            futures = [
-                await self.producer.send(
-                    self.topic, orjson.dumps(i.doc), key=i.event.subject.encode()
+            futures = []
+            for i in events:
+                value = orjson.dumps(i.doc)
+                futures.append(
+                    await self.producer.send(
+                        self.topic,
+                        value,
+                        key=i.event.subject.encode(),
+                        headers=attestation.headers(self.key, value, who),
+                    )
                 )
-                for i in events
-            ]
             sent = await asyncio.gather(*futures)
         except MessageSizeTooLargeError as exc:
             raise PublishTooLarge(

@@ -19,6 +19,7 @@ from studbook_server.adapters.postgres import (
     store_lock,
     stored_event,
 )
+from studbook_server.domain import chain
 from studbook_server.domain.contract import encode_event
 from studbook_server.domain.projection import (
     Assignment,
@@ -170,8 +171,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 _MODEL_VERSION = """
 INSERT INTO model_versions (project, model, number, run_id, artifact_uri, digest, framework,
                             signature, description, registered_by, registered_at, recorded_at,
-                            event_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                            event_id, registered_by_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
 _ASSIGNMENT_COLUMNS = [
@@ -185,8 +186,8 @@ UPDATE assignments SET recorded_to = $3 WHERE created_position = $1 AND part = $
 
 _APPROVAL = """
 INSERT INTO approvals (event_id, project, model, version, decision, reviewer, comment, evidence,
-                       decided_at, recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING
+                       decided_at, recorded_at, claimed_by, reviewer_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id) DO NOTHING
 """
 
 _ANNOTATION = """
@@ -256,8 +257,6 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_DATASET_VERSION, ch.dataset_versions)
     if ch.model_versions:
         await con.executemany(_MODEL_VERSION, ch.model_versions)
-    if ch.assignments_closed:
-        await con.executemany(_CLOSE_ASSIGNMENT, ch.assignments_closed)
     if ch.assignments_new:
         await con.copy_records_to_table(
             "assignments",
@@ -265,6 +264,8 @@ async def write_changes(con: Connection, ch: Changes) -> None:
             columns=_ASSIGNMENT_COLUMNS,
             schema_name=await _schema(con),
         )
+    if ch.assignments_closed:  # after the inserts: a row may be made and closed in one batch
+        await con.executemany(_CLOSE_ASSIGNMENT, ch.assignments_closed)
     if ch.approvals:
         await con.executemany(_APPROVAL, ch.approvals)
     if ch.annotations:
@@ -297,18 +298,55 @@ async def _schema(con: Connection) -> str:
     return name
 
 
+_SUBJECT_ROWS = """
+SELECT position, hash_version, payload, salts, redacted FROM public.events
+WHERE project = $1 AND subject = $2 AND position < $3 ORDER BY position FOR UPDATE
+"""
+
+_ERASE = """
+UPDATE public.events SET payload = $2, salts = $3, redacted = $4, redacted_by = $5::uuid
+WHERE position = $1
+"""
+
+
+def _erase(payload: dict[str, Any], steps: list[str]) -> bool:
+    """Remove the value at ``steps`` (object keys) from ``payload``; whether it was there."""
+    node: Any = payload
+    for step in steps[:-1]:
+        node = node.get(step) if isinstance(node, dict) else None
+    if isinstance(node, dict) and steps[-1] in node:
+        del node[steps[-1]]
+        return True
+    return False
+
+
 async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reason: str) -> None:
-    """Erase payload fields of the subject's earlier events; keep ids, types and lineage."""
+    """Erase payload fields of the subject's earlier events; keep ids, types and lineage.
+
+    A hash-version-2 row keeps each erased leaf's commitment (with the redaction's event id)
+    and loses its salt, so the row still verifies and the value cannot be guessed back. The
+    subject's dead letters are scrubbed the same way. Re-applying (on a rebuild) finds nothing
+    left to erase.
+    """
     e = s.event
-    paths = [f.split(".") for f in fields]
-    # `#-` removes one path per statement; a redaction names a handful.
-    for path in paths:
+    pointers = [chain.dotted_pointer(f) for f in fields]
+    for row in await con.fetch(_SUBJECT_ROWS, e.project, e.subject, s.position):
+        payload = row["payload"]
+        leaves = chain.leaves(payload)
+        hit = [p for p in leaves if any(chain.covers(ptr, p) for ptr in pointers)]
+        if not hit:
+            continue
+        salts = dict(row["salts"] or {})
+        redacted = dict(row["redacted"] or {})
+        if row["hash_version"] >= 2:
+            for p in hit:
+                redacted[p] = [chain.commitment(salts.pop(p), p, leaves[p]), e.event_id]
+        for f in fields:
+            _erase(payload, f.split("."))
         await con.execute(
-            """UPDATE public.events SET payload = payload #- $1::text[], redacted_by = $4::uuid
-               WHERE project = $2 AND subject = $3 AND position < $5
-                 AND payload #> $1::text[] IS NOT NULL""",
-            path, e.project, e.subject, e.event_id, s.position,
-        )  # fmt: skip
+            _ERASE, row["position"], payload, salts or None, redacted or None, e.event_id
+        )
+    await _scrub_dead_letters(con, s, fields)
     # The events it covers (the subject's earlier events), not the rows an UPDATE touched: on a
     # rebuild the rows are already redacted, and the count must come out the same.
     count = await con.fetchval(
@@ -319,13 +357,14 @@ async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reas
         """INSERT INTO redactions (event_id, project, subject, fields, reason, redacted_by,
                                    redacted_at, events_redacted)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING""",
-        e.event_id, e.project, e.subject, list(fields), reason, e.actor, e.occurred_at, count,
+        e.event_id, e.project, e.subject, list(fields), reason, s.who, e.occurred_at, count,
     )  # fmt: skip
     if e.subject_kind == "run":
         # Re-derive the run's descriptive columns from its (now redacted) start event.
         rows = await con.fetch(
-            """SELECT position, event_id::text, type, schema_version, project, subject, actor,
-                      occurred_at, recorded_at, correlation_id, causation_id, producer, payload
+            """SELECT position, event_id::text, type, schema_version, project, subject,
+                      principal_id, principal, actor, occurred_at, recorded_at, correlation_id,
+                      causation_id, producer, payload
                FROM public.events WHERE project = $1 AND subject = $2 AND type = 'run.started'
                ORDER BY position""",
             e.project, e.subject,
@@ -334,6 +373,32 @@ async def _redact(con: Connection, s: StoredEvent, fields: tuple[str, ...], reas
             started = stored_event(row)
             ch = project([started], State())
             await con.executemany(_RUN_STARTED, ch.runs_started)
+
+
+async def _scrub_dead_letters(con: Connection, s: StoredEvent, fields: tuple[str, ...]) -> None:
+    """Erase the same fields from the subject's dead letters (their raw copies)."""
+    e = s.event
+    rows = await con.fetch(
+        "SELECT id, raw FROM public.dead_letters WHERE position IS NULL OR position < $1",
+        s.position,
+    )
+    for row in rows:
+        try:
+            doc = orjson.loads(row["raw"])
+        except orjson.JSONDecodeError:
+            continue  # not JSON: it cannot be attributed to a subject
+        if not isinstance(doc, dict) or (doc.get("project"), doc.get("subject")) != (
+            e.project,
+            e.subject,
+        ):
+            continue
+        payload = doc.get("payload")
+        if isinstance(payload, dict) and any([_erase(payload, f.split(".")) for f in fields]):
+            await con.execute(
+                "UPDATE public.dead_letters SET raw = $2, "
+                "reason = reason || ' (fields erased by redaction ' || $3 || ')' WHERE id = $1",
+                row["id"], orjson.dumps(doc), e.event_id,
+            )  # fmt: skip
 
 
 async def apply_batch(con: Connection, events: list[StoredEvent]) -> Changes:
@@ -348,9 +413,10 @@ async def catch_up(con: Connection, *, batch: int = 5000, until: int | None = No
     """Apply stored events past the read models' checkpoint; return how many were applied.
 
     One transaction per batch, each holding the store lock, so this never interleaves with an
-    append-and-project transaction of a Kafka projector or with a rebuild's swap. An event whose
-    rows the database refuses is dead-lettered with that reason and skipped, so it cannot stall
-    the read models; a failure that is not about the data propagates (the caller retries).
+    append-and-project transaction of a Kafka projector or with a rebuild's swap. When a batch
+    fails for any reason but a transient one (the connection, a lock timeout), it is applied
+    event by event and the event that fails is dead-lettered with its reason and skipped, so no
+    event can stall the read models; a transient failure propagates (the caller retries).
     """
     total = 0
     while True:
@@ -366,7 +432,7 @@ async def catch_up(con: Connection, *, batch: int = 5000, until: int | None = No
                     return total
                 await apply_batch(con, events)
         except Exception as exc:
-            if failure_kind(exc) != "data" or not events:
+            if failure_kind(exc) == "retry" or not events:
                 raise
             await _apply_one_by_one(con, events)
         total += len(events)
@@ -382,7 +448,7 @@ async def _apply_one_by_one(con: Connection, events: list[StoredEvent]) -> None:
                     continue
                 await apply_batch(con, [stored])
         except Exception as exc:
-            if failure_kind(exc) != "data":
+            if failure_kind(exc) == "retry":
                 raise
             reason = f"could not be applied: {type(exc).__name__}: {exc}"
             log.warning("dead-lettered event at position %d: %s", stored.position, reason)

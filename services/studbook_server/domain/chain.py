@@ -3,18 +3,29 @@
 Each row stores ``content_hash = sha256(canonical JSON of the row's content)`` and
 ``chain_hash = sha256(previous chain_hash || content_hash)``; the first row's predecessor is 32
 zero bytes. Editing any stored field, or deleting or reordering rows, breaks the chain from there.
+
+Hash version 2 (every row written since migration 0005) covers the authenticated principal, and
+commits to the payload leaf by leaf: each leaf (a value that is not a non-empty object, named by
+its JSON Pointer) gets its own random salt, and the content hash covers
+``sha256(salt || pointer || 0x00 || canonical JSON of the value)`` instead of the value. A
+redaction erases a leaf and its salt and keeps its commitment, so everything else in the row
+still verifies, and the erased value cannot be recovered by guessing and hashing candidates.
+Version 1 rows (written before) hash the whole payload; they verify only while unredacted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 GENESIS = bytes(32)
+HASH_VERSION = 2
 
 
 def canonical_time(value: datetime) -> str:
@@ -54,6 +65,98 @@ def content_hash(
         "causation_id": causation_id,
         "producer": producer,
         "payload": payload,
+    }
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def _pointer_step(key: str) -> str:
+    return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def leaves(payload: Any, prefix: str = "") -> dict[str, Any]:
+    """The payload's leaves by JSON Pointer: objects are walked, anything else is a leaf (an
+    array, a scalar, an empty object). ``{"a": {"b": 1}, "c": [2]}`` -> ``{"/a/b": 1, "/c": [2]}``."""
+    out: dict[str, Any] = {}
+    stack: list[tuple[str, Any]] = [(prefix, payload)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict) and node:
+            stack.extend((where + _pointer_step(k), v) for k, v in node.items())
+        else:
+            out[where] = node
+    return out
+
+
+def dotted_pointer(path: str) -> str:
+    """The JSON Pointer of a redaction's dotted path: ``code.git_repo`` -> ``/code/git_repo``."""
+    return "".join(_pointer_step(step) for step in path.split("."))
+
+
+def covers(pointer: str, leaf: str) -> bool:
+    """Whether erasing ``pointer`` erases ``leaf`` (the same place, or a place below it)."""
+    return leaf == pointer or leaf.startswith(pointer + "/")
+
+
+def new_salts(pointers: Iterable[str]) -> dict[str, str]:
+    return {p: secrets.token_hex(16) for p in pointers}
+
+
+def commitment(salt: str, pointer: str, value: Any) -> str:
+    digest = hashlib.sha256(bytes.fromhex(salt))
+    digest.update(pointer.encode())
+    digest.update(b"\x00")
+    digest.update(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+def commitments(
+    payload_leaves: Mapping[str, Any], salts: Mapping[str, str], redacted: Mapping[str, Any]
+) -> dict[str, str]:
+    """Every leaf's commitment: computed for the leaves present, kept for the erased ones
+    (``redacted`` maps a pointer to ``[commitment, redaction event id]``)."""
+    out = {p: commitment(salts[p], p, v) for p, v in payload_leaves.items()}
+    for p, kept in redacted.items():
+        out[p] = kept[0]
+    return out
+
+
+def content_hash_v2(
+    *,
+    position: int,
+    event_id: str,
+    type: str,
+    schema_version: int,
+    project: str,
+    subject: str,
+    subject_seq: int,
+    principal_id: str | None,
+    principal: str | None,
+    actor: str,
+    occurred_at: datetime,
+    recorded_at: datetime,
+    correlation_id: str | None,
+    causation_id: str | None,
+    producer: Any,
+    payload_commitments: Mapping[str, str],
+) -> bytes:
+    doc = {
+        "hash_version": 2,
+        "position": position,
+        "event_id": event_id,
+        "type": type,
+        "schema_version": schema_version,
+        "project": project,
+        "subject": subject,
+        "subject_seq": subject_seq,
+        "principal_id": principal_id,
+        "principal": principal,
+        "actor": actor,
+        "occurred_at": canonical_time(occurred_at),
+        "recorded_at": canonical_time(recorded_at),
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+        "producer": producer,
+        "payload": payload_commitments,
     }
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).digest()
 

@@ -14,7 +14,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
@@ -126,14 +126,38 @@ def _for_fastjsonschema(node: Any) -> Any:
     return out
 
 
+# Times an event may carry: from the Unix epoch to a day past the server's clock. Outside that,
+# a time is a client's mistake (or an attack on time travel and governance queries), and some
+# values, such as 0001-01-01T00:30:00+01:00, have no UTC value in Python or PostgreSQL at all.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+FUTURE_ALLOWANCE = timedelta(days=1)
+TIME_RANGE = "between 1970-01-01T00:00:00Z and one day past the server's clock"
+
+
+def _parse_datetime(value: str) -> datetime | None:
+    """An aware datetime, or None (not a date-time, or without a timezone offset)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+def in_time_range(when: datetime, now: datetime | None = None) -> bool:
+    """Whether an aware datetime lies in the range events may carry (:data:`TIME_RANGE`)."""
+    latest = (now or datetime.now(UTC)) + FUTURE_ALLOWANCE
+    try:
+        return EARLIEST_TIME <= when <= latest
+    except OverflowError:  # pragma: no cover - comparisons of aware datetimes normalise safely
+        return False
+
+
 def _is_datetime(value: str) -> bool:
     # The schema's pattern fixes the shape (and requires an offset); this rejects the dates
-    # the pattern cannot, such as February 30th, which the projector could not parse later.
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
+    # the pattern cannot, such as February 30th, which the projector could not parse later,
+    # and times out of range.
+    when = _parse_datetime(value)
+    return when is not None and in_time_range(when)
 
 
 _Validator = Callable[[Any], Any]
@@ -378,7 +402,10 @@ def _explain(
         wanted = hint if hint is not None else f"a string matching the pattern {expected}"
         yield here, f"{label} must be {wanted} (got {_show(value)})"
     elif rule == "format":
-        yield here, f"{label} is not a valid {expected} (got {_show(value)})"
+        if expected == "date-time" and isinstance(value, str) and _parse_datetime(value):
+            yield here, f"{label} must be a time {TIME_RANGE} (got {_show(value)})"
+        else:
+            yield here, f"{label} is not a valid {expected} (got {_show(value)})"
     elif rule == "minLength":
         message = (
             "must not be empty" if expected == 1 else f"must be at least {expected} characters"
@@ -787,7 +814,8 @@ def event_from_dict(raw: object, index: int = 0) -> Event:
         event_id=doc["event_id"],
         type=doc["type"],
         schema_version=doc["schema_version"],
-        occurred_at=datetime.fromisoformat(doc["occurred_at"]),
+        # Normalised to UTC; validation has checked that it has a UTC value.
+        occurred_at=datetime.fromisoformat(doc["occurred_at"]).astimezone(UTC),
         actor=doc["actor"],
         project=doc["project"],
         subject=doc["subject"],

@@ -10,7 +10,8 @@ Read this module top-down to see what happens to, say, a `run.started` event: fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import ChainMap
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,12 +41,33 @@ def deployment_node(model: str, environment: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredPrincipal:
+    """Who sent an event, as the server authenticated them: the token's id and name. Both are
+    None when the sender could not be authenticated (a record produced straight to Kafka, or a
+    row stored before principals were recorded): then only the client's claim is known."""
+
+    token_id: str | None
+    name: str | None
+
+
+UNVERIFIED = StoredPrincipal(None, None)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as the store holds it: its global position and when the store recorded it."""
+    """An event as the store holds it: its global position, when the store recorded it, and
+    who sent it."""
 
     event: Event
     position: int
     recorded_at: datetime
+    principal: StoredPrincipal = UNVERIFIED
+
+    @property
+    def who(self) -> str:
+        """The name read models show for who did it: the authenticated principal, or the
+        client's claim marked as such when nobody was authenticated."""
+        return self.principal.name or f"unverified:{self.event.actor}"
 
 
 @dataclass(slots=True)
@@ -86,13 +108,37 @@ class StateKeys:
 
 @dataclass(slots=True)
 class State:
-    """Current state for a batch's keys; :func:`project` updates it as it goes."""
+    """Current state for a batch's keys; :func:`project` updates it as it goes.
 
-    dataset_version_digests: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    dataset_numbers: dict[tuple[str, str], int] = field(default_factory=dict)
-    model_numbers: dict[tuple[str, str], int] = field(default_factory=dict)
+    Rules never mutate a value in place (they store a new one), so an event's rule can run on
+    an :meth:`overlay` that is merged back only when the whole rule succeeded.
+    """
+
+    dataset_version_digests: MutableMapping[tuple[str, str, str], str] = field(default_factory=dict)
+    dataset_numbers: MutableMapping[tuple[str, str], int] = field(default_factory=dict)
+    model_numbers: MutableMapping[tuple[str, str], int] = field(default_factory=dict)
     # Rows believed now (recorded_to IS NULL), per key, any order.
-    assignments: dict[AssignmentKey, list[Assignment]] = field(default_factory=dict)
+    assignments: MutableMapping[AssignmentKey, list[Assignment]] = field(default_factory=dict)
+
+    def overlay(self) -> State:
+        """A scratch view: reads fall through to this state, writes stay in the overlay."""
+        return State(
+            ChainMap({}, self.dataset_version_digests),
+            ChainMap({}, self.dataset_numbers),
+            ChainMap({}, self.model_numbers),
+            ChainMap({}, self.assignments),
+        )
+
+    def absorb(self, overlay: State) -> None:
+        """Keep what a successful rule wrote to ``overlay``."""
+        for mine, theirs in (
+            (self.dataset_version_digests, overlay.dataset_version_digests),
+            (self.dataset_numbers, overlay.dataset_numbers),
+            (self.model_numbers, overlay.model_numbers),
+            (self.assignments, overlay.assignments),
+        ):
+            assert isinstance(theirs, ChainMap)
+            mine.update(theirs.maps[0])
 
 
 # ------------------------------------------------------------------------------------ output
@@ -116,6 +162,16 @@ class MetricSummary:
         self.min_value = min(self.min_value, value)
         self.max_value = max(self.max_value, value)
         self.points += 1
+
+    def merge(self, other: MetricSummary) -> None:
+        """Fold in a later event's summary of the same series."""
+        if (other.step, other.at, other.position) >= (self.step, self.at, self.position):
+            self.value, self.step, self.at, self.position = (
+                other.value, other.step, other.at, other.position
+            )  # fmt: skip
+        self.min_value = min(self.min_value, other.min_value)
+        self.max_value = max(self.max_value, other.max_value)
+        self.points += other.points
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +213,53 @@ class Changes:
     rejected: list[tuple[StoredEvent, str]] = field(default_factory=list)
     last_position: int = 0
 
+    def absorb(self, one: Changes) -> None:
+        """Add the changes of one event (computed on its own) after this batch's so far."""
+        self.projects.update(one.projects)
+        for listed in _APPENDED:
+            getattr(self, listed).extend(getattr(one, listed))
+        # A row this batch made and a later event closes is written closed; others get an UPDATE.
+        made = (
+            {(a.created_position, a.part): a for a in self.assignments_new}
+            if one.assignments_closed
+            else {}
+        )
+        for created_position, part, recorded_to in one.assignments_closed:
+            closed = made.get((created_position, part))
+            if closed is not None:
+                closed.recorded_to = recorded_to
+            else:
+                self.assignments_closed.append((created_position, part, recorded_to))
+        self.assignments_new.extend(one.assignments_new)
+        self.params.update(one.params)
+        for tag in one.tags_removed:
+            self.tags_set.pop(tag, None)
+            self.tags_removed.add(tag)
+        for tag, row in one.tags_set.items():
+            self.tags_removed.discard(tag)
+            self.tags_set[tag] = row
+        for series, summary in one.metric_summaries.items():
+            mine = self.metric_summaries.get(series)
+            if mine is None:
+                self.metric_summaries[series] = summary
+            else:
+                mine.merge(summary)
+        # An explicit `*.created` row replaces an implied one; an implied one never replaces.
+        for named, theirs in ((self.datasets, one.datasets), (self.models, one.models)):
+            for named_key, row in theirs.items():
+                if row[-1]:
+                    named[named_key] = row
+                else:
+                    named.setdefault(named_key, row)
+        for edge, row in one.edges.items():
+            self.edges.setdefault(edge, row)
+
+
+_APPENDED = (
+    "runs_started", "runs_finished", "metric_points", "outputs", "dataset_versions",
+    "model_versions", "approvals", "annotations", "redactions", "rejected",
+)  # fmt: skip
+
 
 class Rejected(Exception):
     """An event that is valid JSON-wise but cannot be applied; the message says why."""
@@ -190,7 +293,12 @@ def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
 
 
 def project(events: Iterable[StoredEvent], state: State) -> Changes:
-    """Apply a batch of stored events, in order, to ``state``; return the row changes."""
+    """Apply a batch of stored events, in order, to ``state``; return the row changes.
+
+    Each event's rule runs on its own scratch changes and a scratch overlay of ``state``, merged
+    only when the rule succeeds: a refused event changes nothing (no version number used up, no
+    partial metric batch), so the outcome never depends on where batch boundaries fall.
+    """
     changes = Changes()
     for stored in events:
         e = stored.event
@@ -198,20 +306,25 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
         if e.project not in changes.projects:
             # Every project that has events exists; project.created adds its description.
             changes.projects[e.project] = (
-                e.project, None, e.actor, e.occurred_at, stored.recorded_at, False
+                e.project, None, stored.who, e.occurred_at, stored.recorded_at, False
             )  # fmt: skip
         rule = _RULES.get(e.type)
         if rule is None:  # pragma: no cover - the contract admits only types listed in _RULES
             changes.rejected.append((stored, f"no projection rule for event type `{e.type}`"))
             continue
+        scratch, overlay = Changes(), state.overlay()
         try:
-            rule(stored, state, changes)
+            rule(stored, overlay, scratch)
         except Rejected as exc:
             changes.rejected.append((stored, str(exc)))
-        except (KeyError, TypeError, ValueError) as exc:
+            continue
+        except Exception as exc:
             # A payload the schema admits but a rule cannot use (e.g. a field erased by a
-            # redaction): the event is refused, never the batch.
+            # redaction, a value out of a type's range): that event is refused, never the batch.
             changes.rejected.append((stored, f"cannot be applied: {type(exc).__name__}: {exc}"))
+            continue
+        state.absorb(overlay)
+        changes.absorb(scratch)
     return changes
 
 
@@ -220,7 +333,7 @@ def _project_created(s: StoredEvent, state: State, ch: Changes) -> None:
     ch.projects[e.project] = (
         e.project,
         e.payload.get("description"),
-        e.actor,
+        s.who,
         e.occurred_at,
         s.recorded_at,
         True,
@@ -230,7 +343,7 @@ def _project_created(s: StoredEvent, state: State, ch: Changes) -> None:
 def _dataset_row(s: StoredEvent, description: str | None, uri: str | None, explicit: bool) -> Row:
     e = s.event
     return (
-        e.project, e.subject_key, description, uri, e.actor, e.occurred_at, s.recorded_at, explicit
+        e.project, e.subject_key, description, uri, s.who, e.occurred_at, s.recorded_at, explicit
     )  # fmt: skip
 
 
@@ -277,7 +390,7 @@ def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
             p.get("schema"),
             parents,
             run,
-            e.actor,
+            s.who,
             e.occurred_at,
             s.recorded_at,
         )
@@ -310,7 +423,7 @@ def _run_started(s: StoredEvent, state: State, ch: Changes) -> None:
             p["name"],
             p.get("experiment"),
             p.get("parent_run"),
-            e.actor,
+            s.who,
             e.occurred_at,
             s.recorded_at,
             code,
@@ -401,7 +514,7 @@ def _run_finished(s: StoredEvent, state: State, ch: Changes) -> None:
             e.project,
             e.subject_key,
             p["status"],
-            e.actor,
+            s.who,
             e.occurred_at,
             s.recorded_at,
             p.get("error"),
@@ -411,7 +524,7 @@ def _run_finished(s: StoredEvent, state: State, ch: Changes) -> None:
 
 def _model_row(s: StoredEvent, description: str | None, explicit: bool) -> Row:
     e = s.event
-    return (e.project, e.subject_key, description, e.actor, e.occurred_at, s.recorded_at, explicit)
+    return (e.project, e.subject_key, description, s.who, e.occurred_at, s.recorded_at, explicit)
 
 
 def _model_created(s: StoredEvent, state: State, ch: Changes) -> None:
@@ -441,10 +554,11 @@ def _model_version_registered(s: StoredEvent, state: State, ch: Changes) -> None
             p.get("framework"),
             p.get("signature"),
             p.get("description"),
-            e.actor,
+            s.who,
             e.occurred_at,
             s.recorded_at,
             e.event_id,
+            s.principal.token_id,
         )
     )
     if run is not None:
@@ -474,7 +588,7 @@ def _assign(
     e = s.event
     t, k = e.occurred_at, s.recorded_at
     key = (e.project, kind, e.subject_key, name)
-    current = state.assignments.setdefault(key, [])
+    current = list(state.assignments.get(key, ()))  # a new list: the rule may yet be refused
     covering = next((r for r in current if r.covers(t)), None)
     if covering is None:
         if version is None:
@@ -487,9 +601,8 @@ def _assign(
     else:
         valid_to = covering.valid_to
         current.remove(covering)
-        covering.recorded_to = k
-        if not any(covering is r for r in ch.assignments_new):
-            ch.assignments_closed.append((covering.created_position, covering.part, k))
+        # Applied when the event's changes are merged (Changes.absorb): the rule may yet fail.
+        ch.assignments_closed.append((covering.created_position, covering.part, k))
         if covering.valid_from < t:
             head = Assignment(
                 s.position, 1, e.project, kind, e.subject_key, name, covering.version,
@@ -501,10 +614,11 @@ def _assign(
     if version is not None:
         row = Assignment(
             s.position, 0, e.project, kind, e.subject_key, name, version, t, valid_to, k, None,
-            e.actor, e.event_id, e.payload.get("target"),
+            s.who, e.event_id, e.payload.get("target"),
         )  # fmt: skip
         current.append(row)
         ch.assignments_new.append(row)
+    state.assignments[key] = current
 
 
 def _model_alias_set(s: StoredEvent, state: State, ch: Changes) -> None:
@@ -546,11 +660,13 @@ def _decision(decision: str) -> Callable[[StoredEvent, State, Changes], None]:
                 e.subject_key,
                 p["version"],
                 decision,
-                e.actor,
+                s.who,
                 p.get("comment"),
                 p.get("evidence", []),
                 e.occurred_at,
                 s.recorded_at,
+                e.actor,
+                s.principal.token_id,
             )
         )
 
@@ -566,24 +682,46 @@ def _annotation_added(s: StoredEvent, state: State, ch: Changes) -> None:
             e.subject,
             p["text"],
             p.get("labels", {}),
-            e.actor,
+            s.who,
             e.occurred_at,
             s.recorded_at,
         )
     )
 
 
-# Fields that identify things or carry lineage: erasing them would break the history itself.
-# Redaction is for personal data (hosts, repository URLs, free text), not for these.
+# Fields that identify things or carry lineage: erasing them, or anything inside them, would
+# break the history itself. Redaction is for personal data (hosts, repository URLs, free text).
 NOT_REDACTABLE = frozenset({
     "name", "version", "digest", "dataset", "run", "alias", "environment", "status", "metrics",
     "params", "tags", "role", "parents", "produced_by_run", "artifact_uri", "uri", "parent_run",
+    "fields",
 })  # fmt: skip
+
+
+# Fields nothing inside of which may be erased either: lineage references, and values the read
+# models keep (a redaction erases stored events, not these tables).
+NOT_REDACTABLE_WITHIN = frozenset({"parents", "metrics", "params", "tags"})
+
+
+def refused_redactions(fields: Iterable[str]) -> list[str]:
+    """The dotted paths a redaction may not erase: an identifying field (``parents``,
+    ``digest``), anything within lineage references or kept values (``parents.0``,
+    ``metrics.0.value``, ``params.lr``), array items, and paths with empty steps."""
+    refused = []
+    for f in fields:
+        steps = f.split(".")
+        if (
+            (len(steps) == 1 and f in NOT_REDACTABLE)
+            or steps[0] in NOT_REDACTABLE_WITHIN
+            or any(step == "" or step.isdigit() for step in steps)
+        ):
+            refused.append(f)
+    return sorted(refused)
 
 
 def _subject_redacted(s: StoredEvent, state: State, ch: Changes) -> None:
     p = s.event.payload
-    refused = sorted(f for f in p["fields"] if f.split(".")[0] in NOT_REDACTABLE and "." not in f)
+    refused = refused_redactions(p["fields"])
     if refused:
         raise Rejected(
             f"`subject.redacted` may not erase {', '.join(refused)}: they identify the subject or "

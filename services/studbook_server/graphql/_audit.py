@@ -33,9 +33,18 @@ class Event:
     project: str
     subject: strawberry.ID
     subject_seq: int
-    actor: str
-    occurred_at: datetime
-    recorded_at: datetime
+    actor: str = strawberry.field(
+        description="Who sent it, as the server authenticated them (the token's name); "
+        "`unverified:<claim>` when nobody was authenticated (a record produced straight to Kafka)."
+    )
+    principal_id: str | None = strawberry.field(
+        description="The id of the token that sent it; null when it was not authenticated."
+    )
+    claimed_actor: str = strawberry.field(
+        description="Who the client said it was (the event's `actor` field): a claim, not a fact."
+    )
+    occurred_at: datetime = strawberry.field(description="When it happened, by the client's clock.")
+    recorded_at: datetime = strawberry.field(description="When the store recorded it.")
     correlation_id: str | None
     causation_id: str | None
     producer: JSON | None
@@ -57,7 +66,9 @@ class Event:
             project=r["project"],
             subject=strawberry.ID(gid(r["project"], r["subject"])),
             subject_seq=r["subject_seq"],
-            actor=r["actor"],
+            actor=r["principal"] or f"unverified:{r['actor']}",
+            principal_id=r["principal_id"],
+            claimed_actor=r["actor"],
             occurred_at=r["occurred_at"],
             recorded_at=r["recorded_at"],
             correlation_id=r["correlation_id"],
@@ -69,7 +80,8 @@ class Event:
 
 
 _COLUMNS = """position, event_id, type, schema_version, project, subject, subject_seq, actor,
-              occurred_at, recorded_at, correlation_id, causation_id, producer, payload, redacted_by"""
+              principal_id, principal, occurred_at, recorded_at, correlation_id, causation_id,
+              producer, payload, redacted_by"""
 
 _HISTORY = f"""
 SELECT {_COLUMNS} FROM public.events
@@ -101,7 +113,12 @@ async def history(info: Info, ref: Ref, first: int | None, after: str | None) ->
 )
 class AuditFilter:
     project: str | None = None
-    actor: str | None = None
+    actor: str | None = strawberry.field(
+        default=None, description="The authenticated sender (a token's name)."
+    )
+    claimed_actor: str | None = strawberry.field(
+        default=None, description="The `actor` the client claimed."
+    )
     types: list[str] | None = None
     subject: strawberry.ID | None = None
     from_: datetime | None = strawberry.field(default=None, name="from")
@@ -135,7 +152,9 @@ async def audit_trail(
         ref = parse(f.subject, *SUBJECT_KINDS, what="subject")
         where.append(f"project = {arg(ref.project)} AND subject = {arg(ref.node)}")
     if f.actor is not None:
-        where.append(f"actor = {arg(f.actor)}")
+        where.append(f"principal = {arg(f.actor)}")
+    if f.claimed_actor is not None:
+        where.append(f"actor = {arg(f.claimed_actor)}")
     if f.types:
         where.append(f"type = ANY({arg(f.types)}::text[])")
     for value, name, column, op in (
@@ -174,10 +193,14 @@ class UnapprovedPromotion:
 
 
 # A promotion is the `model.alias.set` event behind believed alias rows; its moment is the
-# earliest valid_from of those rows (a later correction may have split it into pieces).
+# earliest valid_from of those rows (a later correction may have split it into pieces). Whether
+# it was approved is judged in the order the store recorded events, never on the client's clock:
+# the decision in force is the latest one stored before the promotion, so a decision back-dated
+# after the fact does not make an earlier promotion approved.
 _UNAPPROVED = """
 WITH promotions AS (
-    SELECT a.set_event, a.project, a.model, a.name, a.version, a.set_by, min(a.valid_from) AS at
+    SELECT a.set_event, a.project, a.model, a.name, a.version, a.set_by, min(a.valid_from) AS at,
+           (SELECT e.position FROM public.events e WHERE e.event_id = a.set_event) AS stored
     FROM rm.assignments a
     WHERE a.project = $1 AND a.kind = 'alias' AND ($2::text IS NULL OR a.name = $2)
       AND CASE WHEN $3::timestamptz IS NULL THEN a.recorded_to IS NULL
@@ -188,9 +211,10 @@ SELECT p.set_event, p.name AS alias, p.set_by, p.at, d.decision, d.decided_at, m
 FROM promotions p
 LEFT JOIN LATERAL (
     SELECT ap.decision, ap.decided_at FROM rm.approvals ap
+    JOIN public.events e ON e.event_id = ap.event_id
     WHERE ap.project = p.project AND ap.model = p.model AND ap.version = p.version
-      AND ap.decided_at <= p.at AND ($3::timestamptz IS NULL OR ap.recorded_at <= $3)
-    ORDER BY ap.decided_at DESC, ap.recorded_at DESC LIMIT 1
+      AND e.position < p.stored AND ($3::timestamptz IS NULL OR ap.recorded_at <= $3)
+    ORDER BY e.position DESC LIMIT 1
 ) d ON true
 LEFT JOIN rm.model_versions mv ON mv.project = p.project AND mv.model = p.model AND mv.number = p.version
 WHERE d.decision IS DISTINCT FROM 'approved'

@@ -100,9 +100,16 @@ class Context:
         await self.consistent()
         return principal
 
-    async def writer(self, project: str) -> auth.Principal:
+    async def writer(self, project: str, event_type: str | None = None) -> auth.Principal:
+        """The caller, if it may send ``event_type`` (any write when None) to ``project``."""
         principal = await self.principal()
-        if not principal.has_scope("write"):
+        if event_type is not None and event_type in auth.GOVERNANCE_TYPES:
+            if not principal.has_scope("approve"):
+                raise Forbidden(
+                    f"token `{principal.name}` lacks the `approve` scope needed to send "
+                    f"`{event_type}`"
+                )
+        elif not principal.has_scope("write"):
             raise Forbidden(f"token `{principal.name}` lacks the `write` scope")
         if not principal.may_access(project):
             raise Forbidden(f"token `{principal.name}` may not write to project `{project}`")

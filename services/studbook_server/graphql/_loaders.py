@@ -194,7 +194,7 @@ SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]
      WITH ORDINALITY AS k(project, model, version, at, known, i)
 JOIN rm.approvals a ON a.project = k.project AND a.model = k.model AND a.version = k.version
 WHERE (k.at IS NULL OR a.decided_at <= k.at) AND (k.known IS NULL OR a.recorded_at <= k.known)
-ORDER BY k.i, a.decided_at, a.recorded_at
+ORDER BY k.i, (SELECT e.position FROM public.events e WHERE e.event_id = a.event_id)
 """
 
 ANNOTATIONS = """

@@ -16,12 +16,13 @@ from typing import Any
 import strawberry
 from strawberry.scalars import JSON
 
+from studbook_server import governance
 from studbook_server.adapters.postgres import Incoming
-from studbook_server.adapters.publish import PublishUnavailable
+from studbook_server.adapters.publish import PublishRefused, PublishUnavailable
 from studbook_server.domain.contract import CURRENT_VERSIONS, InvalidEvent, event_from_dict
 from studbook_server.graphql import _typed as typed
 from studbook_server.graphql._context import Info
-from studbook_server.graphql._errors import BadInput, NotFound, ReadOnly, Unavailable
+from studbook_server.graphql._errors import BadInput, Forbidden, NotFound, ReadOnly, Unavailable
 from studbook_server.graphql._ids import Ref, parse
 
 PRODUCER = {"name": "studbook-graphql", "version": "1"}
@@ -56,7 +57,7 @@ async def emit(
     occurred_at: datetime | None,
 ) -> CommandResult:
     ctx = info.context
-    principal = await ctx.writer(ref.project)
+    principal = await ctx.writer(ref.project, event_type)
     publisher = ctx.deps.publisher
     if publisher is None:
         raise ReadOnly(
@@ -81,16 +82,21 @@ async def emit(
             f"{v.path.removeprefix('/payload/') or '/'}: {v.message}" for v in exc.violations
         )
         raise BadInput(f"`{event_type}` is not valid: {detail}") from exc
+    problem = await governance.four_eyes_problem(ctx.pool, ctx.deps.settings, principal, [doc])
+    if problem is not None:
+        raise Forbidden(problem)
     try:
-        token = await publisher.publish([Incoming(doc, event)])
+        token = await publisher.publish([Incoming(doc, event)], principal)
     except PublishUnavailable as exc:
         raise Unavailable(f"{exc}; nothing was recorded, retry later") from exc
+    except PublishRefused as exc:
+        raise BadInput(str(exc)) from exc
     return CommandResult(event_id=strawberry.ID(event.event_id), consistency_token=token.encode())
 
 
-async def _model_version(info: Info, text: str) -> Ref:
+async def _model_version(info: Info, text: str, event_type: str) -> Ref:
     ref = parse(text, "model_version", what="modelVersion")
-    await info.context.writer(ref.project)
+    await info.context.writer(ref.project, event_type)
     await info.context.consistent()
     model, _ = ref.split("@")
     if await info.context.loaders.model_version.load((ref.project, model, ref.number)) is None:
@@ -114,7 +120,7 @@ class Mutation:
         alias: str,
         occurred_at: datetime | None = None,
     ) -> CommandResult:
-        ref = await _model_version(info, model_version)
+        ref = await _model_version(info, model_version, "model.alias.set")
         model, _ = ref.split("@")
         return await emit(
             info, ref, f"model:{model}", "model.alias.set",
@@ -145,7 +151,7 @@ class Mutation:
         evidence: list[str] | None = None,
         occurred_at: datetime | None = None,
     ) -> CommandResult:
-        ref = await _model_version(info, model_version)
+        ref = await _model_version(info, model_version, "model.version.approved")
         payload: dict[str, Any] = {"version": ref.number}
         if comment is not None:
             payload["comment"] = comment
@@ -164,7 +170,7 @@ class Mutation:
         evidence: list[str] | None = None,
         occurred_at: datetime | None = None,
     ) -> CommandResult:
-        ref = await _model_version(info, model_version)
+        ref = await _model_version(info, model_version, "model.version.rejected")
         payload: dict[str, Any] = {"version": ref.number, "comment": comment}
         if evidence:
             payload["evidence"] = evidence
@@ -183,7 +189,7 @@ class Mutation:
         target: str | None = None,
         occurred_at: datetime | None = None,
     ) -> CommandResult:
-        ref = await _model_version(info, model_version)
+        ref = await _model_version(info, model_version, "model.version.deployed")
         payload: dict[str, Any] = {"version": ref.number, "environment": environment}
         if target is not None:
             payload["target"] = target
@@ -199,7 +205,7 @@ class Mutation:
         environment: str,
         occurred_at: datetime | None = None,
     ) -> CommandResult:
-        ref = await _model_version(info, model_version)
+        ref = await _model_version(info, model_version, "model.version.undeployed")
         model, _ = ref.split("@")
         if occurred_at is None:
             held = await _current(info, ref, "deployment", model, environment)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import strawberry
@@ -552,15 +552,29 @@ class DatasetVersion(Node):
         return connection([(cursor(r["run_id"]), Run.from_row(r)) for r in rows], limit, after)
 
 
+# A decision recorded this long after the time it claims is shown as back-dated.
+BACKDATED_AFTER = timedelta(minutes=5)
+
+
 @strawberry.type
 class Approval:
     event_id: strawberry.ID
     decision: Decision
-    reviewer: str
+    reviewer: str = strawberry.field(
+        description="Who decided, as authenticated (the token's name; `unverified:<claim>` if not)."
+    )
+    claimed_reviewer: str | None = strawberry.field(
+        description="Who the client said decided (the event's `actor`): a claim, not a fact."
+    )
     comment: str | None
     evidence: list[str]
-    decided_at: datetime
-    recorded_at: datetime
+    decided_at: datetime = strawberry.field(
+        description="When it was decided, by the client's clock."
+    )
+    recorded_at: datetime = strawberry.field(description="When the store recorded the decision.")
+    backdated: bool = strawberry.field(
+        description="Recorded more than 5 minutes after the time it claims (`decidedAt`)."
+    )
 
     @classmethod
     def from_row(cls, r: Record) -> Approval:
@@ -568,10 +582,12 @@ class Approval:
             event_id=strawberry.ID(str(r["event_id"])),
             decision=Decision(r["decision"]),
             reviewer=r["reviewer"],
+            claimed_reviewer=r["claimed_by"],
             comment=r["comment"],
             evidence=r["evidence"],
             decided_at=r["decided_at"],
             recorded_at=r["recorded_at"],
+            backdated=r["recorded_at"] - r["decided_at"] > BACKDATED_AFTER,
         )
 
 
