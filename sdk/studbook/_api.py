@@ -1,4 +1,9 @@
-"""The module-level API: one client per process, configured by :func:`init` or the environment."""
+"""The module-level API: one client per process, configured by :func:`init` or the environment.
+
+This is where the client is built (the composition root), so the choice of transport for a url
+(:func:`transport_for`) lives here too: the Kafka transport, and aiokafka, are imported only when
+a ``kafka://`` client first sends.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +34,7 @@ from studbook._events import (
 from studbook._gitinfo import code_info
 from studbook._models import DatasetVersion, ModelVersion
 from studbook._run import Run, dataset_ref, registration
-from studbook._transport import Transport
+from studbook._transport import HttpTransport, Transport
 
 _client: Client | None = None
 _lock = threading.Lock()
@@ -61,6 +66,20 @@ def init(
     _install(config)
 
 
+def transport_for(config: Config) -> Transport:
+    """The transport for ``config.url``; called in the background thread."""
+    if config.scheme == "kafka":
+        from studbook._kafka import KafkaTransport  # imports aiokafka: only for kafka:// urls
+
+        return KafkaTransport(config.url, config.topic)
+    return HttpTransport(
+        config.url,
+        config.token,
+        connect_timeout_s=config.connect_timeout_s,
+        read_timeout_s=config.read_timeout_s,
+    )
+
+
 def _install(config: Config, transport: Transport | None = None) -> Client:
     """Make a client for ``config`` the process's client (``transport``: a test seam)."""
     global _client
@@ -68,7 +87,8 @@ def _install(config: Config, transport: Transport | None = None) -> Client:
         old = _client
         if old is not None and transport is None and old.config == config:
             return old
-        _client = Client(config, transport=transport)
+        factory = transport_for if transport is None else _fixed(transport)
+        _client = Client(config, transport_factory=factory)
         new = _client
     if old is not None:
         if old.open_runs():  # its runs still report through it; stopped at exit
@@ -78,6 +98,10 @@ def _install(config: Config, transport: Transport | None = None) -> Client:
         new.refusals.extend(old.refusals)
         old.refusals.clear()
     return new
+
+
+def _fixed(transport: Transport) -> Callable[[Config], Transport]:
+    return lambda _config: transport
 
 
 def client() -> Client:

@@ -1,6 +1,7 @@
 """The client: configuration, the background dispatcher, open runs and reported refusals.
 
-The module functions of :mod:`studbook` use one process-wide client (see :mod:`studbook._api`).
+The module functions of :mod:`studbook` use one process-wide client (see :mod:`studbook._api`,
+which also decides the client's transport).
 Every client is also known to two process-level hooks, installed with the first client:
 
 * ``atexit``: open runs are finished (``failed``/``killed`` if the interpreter is exiting
@@ -21,7 +22,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,12 +31,15 @@ from studbook._config import Config
 from studbook._dispatch import Dispatcher, MetricsChunk
 from studbook._errors import EventRejected, TransportError
 from studbook._events import envelope, producer
-from studbook._transport import Transport, transport_for
+from studbook._transport import Transport
 
 if TYPE_CHECKING:
     from studbook._run import Run, Status
 
 log = logging.getLogger("studbook")
+
+# Builds the transport for a configuration; called in the background thread.
+TransportFactory = Callable[[Config], Transport]
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _hooks_installed = False
@@ -47,10 +51,10 @@ _inherited: list[object] = []
 class Client:
     """Emits events for one project to one destination (gateway url or Kafka)."""
 
-    def __init__(self, config: Config, *, transport: Transport | None = None) -> None:
+    def __init__(self, config: Config, *, transport_factory: TransportFactory) -> None:
         self.config = config
         self.producer = producer(config.host)
-        self._transport = transport
+        self._transport_factory = transport_factory
         self._lock = threading.RLock()
         self.refusals: deque[EventRejected] = deque()
         self.consistency_token: str | None = None
@@ -71,7 +75,7 @@ class Client:
             if self._dispatcher is None:
                 d = Dispatcher(
                     self.config,
-                    transport_factory=self._make_transport,
+                    transport_factory=self._transport_factory,
                     drain_runs=self._drain_runs,
                     has_runs=self._has_runs,
                     on_refused=self.refusals.append,
@@ -80,9 +84,6 @@ class Client:
                 d.start()
                 self._dispatcher = d
             return self._dispatcher
-
-    def _make_transport(self) -> Transport:
-        return self._transport if self._transport is not None else transport_for(self.config)
 
     def _set_token(self, token: str) -> None:
         self.consistency_token = token
@@ -180,8 +181,6 @@ class Client:
         if d is not None:
             d.forget_after_fork()
             _inherited.append(d)  # never finalised: its transport's sockets are the parent's
-        if self._transport is not None:
-            _inherited.append(self._transport)
         self.refusals.clear()
         self.consistency_token = None
         for run in list(self._runs.values()):

@@ -128,7 +128,7 @@ class Dispatcher:
         self,
         config: Config,
         *,
-        transport_factory: Callable[[], Transport],
+        transport_factory: Callable[[Config], Transport],
         drain_runs: Callable[[], list[MetricsChunk]],
         has_runs: Callable[[], bool],
         on_refused: Callable[[EventRejected], None],
@@ -339,7 +339,7 @@ class Dispatcher:
 
     def _transport(self) -> Transport:
         if self.transport is None:
-            self.transport = self._transport_factory()
+            self.transport = self._transport_factory(self._cfg)
         return self.transport
 
     def _send(self, events: Sequence[bytes], *, replay: bool) -> list[bytes]:

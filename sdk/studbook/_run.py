@@ -14,9 +14,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
@@ -35,10 +35,48 @@ from studbook._events import (
 from studbook._models import DatasetVersion, ModelVersion
 
 if TYPE_CHECKING:
-    from studbook._client import Client
+    from studbook._config import Config
 
 ParamValue = str | int | float | bool | None
 Status = Literal["completed", "failed", "killed"]
+
+
+class RunClient(Protocol):
+    """What a run needs from the client that sends its events (:class:`studbook._client.Client`)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def producer(self) -> Mapping[str, str]: ...
+
+    @property
+    def refusals(self) -> Sized:
+        """Refusals not yet reported: checked on the hot path, so cheap."""
+        ...
+
+    def raise_refused(self) -> None:
+        """Raise the oldest refusal the background thread left for the caller's thread."""
+        ...
+
+    def put(self, item: object) -> None:
+        """Hand a metrics chunk to the background thread; blocks while its queue is full."""
+        ...
+
+    def emit(
+        self, event_type: str, subject: str, payload: Mapping[str, Any], *, schema_version: int = 1
+    ) -> str:
+        """Queue one event; return its event id."""
+        ...
+
+    def watch_run(self, run: Run) -> None:
+        """Have the background thread collect the run's buffered points."""
+        ...
+
+    def unwatch_run(self, run: Run) -> None: ...
+
+    def flush(self, timeout: float | None = None, *, raise_errors: bool = True) -> None: ...
+
 
 _time_ns = time.time_ns
 
@@ -169,7 +207,7 @@ class Run:
         "name",
     )
 
-    def __init__(self, client: Client, run_id: str, name: str, experiment: str | None) -> None:
+    def __init__(self, client: RunClient, run_id: str, name: str, experiment: str | None) -> None:
         self.id = run_id
         self.name = name
         self.experiment = experiment

@@ -7,6 +7,9 @@ bytes, in order) and returns an :data:`Outcome`; it never raises for network tro
   re-sent events are acknowledged too);
 * :class:`Refused`: the events were refused for good (HTTP 4xx); retrying cannot help;
 * :class:`Unavailable`: try again later (connection refused, timeout, HTTP 5xx, 408, 429).
+
+Which transport a client uses is decided where the client is built (:mod:`studbook._api`),
+so that this module never imports the Kafka transport (and aiokafka).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from studbook._version import __version__
 
 if TYPE_CHECKING:
     import urllib3
-
-    from studbook._config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,17 +209,3 @@ class NullTransport:
 
     def close(self) -> None:
         pass
-
-
-def transport_for(config: Config) -> Transport:
-    """The transport for ``config.url``; called in the background thread."""
-    if config.scheme == "kafka":
-        from studbook._kafka import KafkaTransport  # imports aiokafka: only for kafka:// urls
-
-        return KafkaTransport(config.url, config.topic)
-    return HttpTransport(
-        config.url,
-        config.token,
-        connect_timeout_s=config.connect_timeout_s,
-        read_timeout_s=config.read_timeout_s,
-    )
