@@ -31,10 +31,12 @@ Exceptions::
 
     StudbookError          base of everything below
     ├── ConfigError        bad or missing configuration
-    ├── EventRejected      the gateway refused events (HTTP 4xx); .status, .errors, .event_ids
+    ├── EventRejected      the gateway refused the data (HTTP 4xx); .status, .errors, .event_ids
     └── TransportError     delivery did not finish in time (flush timeout)
 
-Bad arguments (a NaN metric, a malformed name) raise ``ValueError``/``TypeError`` at once.
+Bad arguments (a NaN metric, a malformed name) raise ``ValueError``/``TypeError`` at once. A
+refused token (HTTP 401/403, e.g. revoked during a run) loses nothing: events wait in the spool,
+a ``UserWarning`` says so once per process, and :func:`init` with a new token sends them.
 """
 
 from __future__ import annotations

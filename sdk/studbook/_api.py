@@ -8,6 +8,7 @@ a ``kafka://`` client first sends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -57,7 +58,9 @@ def init(
     ``STUDBOOK_SPOOL_DIR`` (``~/.cache/studbook/spool``). ``url`` is the ingest gateway
     (``http(s)://host:port``) or Kafka (``kafka://host:port[,host:port]``). Starts the
     background thread, which first re-sends events spooled by processes that have ended.
-    Calling it again with other settings flushes and replaces the previous configuration.
+    Calling it again with other settings flushes and replaces the previous configuration;
+    calling it again with only another ``token`` (e.g. after the old one was revoked) keeps the
+    configuration, open runs and spool, and re-sends the spooled events with the new token.
     Raises :class:`ConfigError` if the settings are unusable.
     """
     config = Config.resolve(
@@ -85,11 +88,20 @@ def _install(config: Config, transport: Transport | None = None) -> Client:
     global _client
     with _lock:
         old = _client
-        if old is not None and transport is None and old.config == config:
-            return old
-        factory = transport_for if transport is None else _fixed(transport)
-        _client = Client(config, transport_factory=factory)
-        new = _client
+        if (
+            old is not None
+            and transport is None
+            and dataclasses.replace(old.config, token=config.token) == config
+        ):
+            new = None  # the same settings, perhaps with another token: keep the client
+        else:
+            factory = transport_for if transport is None else _fixed(transport)
+            new = _client = Client(config, transport_factory=factory)
+    if new is None:
+        assert old is not None
+        if old.config.token != config.token:
+            old.set_token(config.token)  # outside the lock: it may wait for a full queue
+        return old
     if old is not None:
         if old.open_runs():  # its runs still report through it; stopped at exit
             old.flush(raise_errors=False)

@@ -2,6 +2,12 @@
 
 The module functions of :mod:`studbook` use one process-wide client (see :mod:`studbook._api`,
 which also decides the client's transport).
+
+Refusals are reported in the caller's thread, at its next SDK call: an
+:class:`~studbook.EventRejected` (the gateway refused the data) is raised; a refused token is a
+``UserWarning``, issued once per process, while the events wait in the spool for a valid token
+(:meth:`Client.set_token`).
+
 Every client is also known to two process-level hooks, installed with the first client:
 
 * ``atexit``: open runs are finished (``failed``/``killed`` if the interpreter is exiting
@@ -16,10 +22,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -40,12 +48,17 @@ log = logging.getLogger("studbook")
 
 # Builds the transport for a configuration; called in the background thread.
 TransportFactory = Callable[[Config], Transport]
+# What waits to be reported in the caller's thread: raised (a refusal) or warned (a notice).
+Report = EventRejected | Warning
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _hooks_installed = False
 _hooks_lock = threading.Lock()
 # What a forked child inherited and must neither use nor finalise (no close on shared sockets).
 _inherited: list[object] = []
+# Whether this process has been warned that the gateway refused its token (once per process).
+_token_warned = False
+_SDK_DIR = os.path.dirname(__file__) + os.sep
 
 
 class Client:
@@ -56,7 +69,7 @@ class Client:
         self.producer = producer(config.host)
         self._transport_factory = transport_factory
         self._lock = threading.RLock()
-        self.refusals: deque[EventRejected] = deque()
+        self.refusals: deque[Report] = deque()
         self.consistency_token: str | None = None
         self._runs: dict[str, Run] = {}
         self._dispatcher: Dispatcher | None = None
@@ -79,14 +92,36 @@ class Client:
                     drain_runs=self._drain_runs,
                     has_runs=self._has_runs,
                     on_refused=self.refusals.append,
-                    on_token=self._set_token,
+                    on_token_refused=self._token_refused,
+                    on_consistency_token=self._set_consistency_token,
                 )
                 d.start()
                 self._dispatcher = d
             return self._dispatcher
 
-    def _set_token(self, token: str) -> None:
+    def _set_consistency_token(self, token: str) -> None:
         self.consistency_token = token
+
+    def set_token(self, token: str | None) -> None:
+        """Send with ``token`` from now on (e.g. after the old one was rotated or revoked).
+
+        The background thread reconnects with it and at once re-sends what the spool holds, in
+        order, including what the gateway refused with the previous token. Open runs carry on.
+        """
+        with self._lock:
+            self.config = dataclasses.replace(self.config, token=token)
+            d = self._dispatcher
+        if d is not None:
+            d.reconfigure(self.config)
+
+    def _token_refused(self, message: str) -> None:
+        """The gateway refused our token (background thread): warn the caller, once per process."""
+        global _token_warned
+        with _hooks_lock:
+            if _token_warned:
+                return
+            _token_warned = True
+        self.refusals.append(UserWarning(message))
 
     def put(self, item: object) -> None:
         """Queue an encoded event or a metrics chunk; blocks while the queue is full."""
@@ -114,12 +149,15 @@ class Client:
     # ------------------------------------------------------------------ refusals
 
     def raise_refused(self) -> None:
-        """Raise the oldest refusal not yet reported, if any."""
-        try:
-            exc = self.refusals.popleft()
-        except IndexError:
-            return
-        raise exc
+        """Issue the warnings waiting to be reported, then raise the oldest refusal, if any."""
+        while True:
+            try:
+                report = self.refusals.popleft()
+            except IndexError:
+                return
+            if isinstance(report, EventRejected):
+                raise report
+            _warn_in_caller(report)
 
     # ------------------------------------------------------------------ runs
 
@@ -199,8 +237,9 @@ def _install_hooks() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _hooks_lock
+    global _hooks_lock, _token_warned
     _hooks_lock = threading.Lock()
+    _token_warned = False  # a new process: it warns on its own
     for client in list(_clients):
         client._after_fork_in_child()
 
@@ -223,6 +262,17 @@ def _at_exit() -> None:
         except Exception:
             log.exception("studbook: error while flushing at exit")
         while client.refusals:
-            refused = client.refusals.popleft()
+            report = client.refusals.popleft()
+            what = "events were refused" if isinstance(report, EventRejected) else "warning"
             with contextlib.suppress(Exception):
-                print(f"studbook: events were refused: {refused}", file=sys.stderr)
+                print(f"studbook: {what}: {report}", file=sys.stderr)
+
+
+def _warn_in_caller(warning: Warning) -> None:
+    """``warnings.warn`` attributed to the first frame outside the SDK: the user's call."""
+    level = 2
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_SDK_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(warning, stacklevel=level)

@@ -6,12 +6,18 @@ ONE daemon thread owns everything after that: the transport, the spool and the b
 * A batch is sent when it holds ``batch_events`` events or ``batch_bytes`` bytes, when its first
   event is ``linger_s`` old, at a flush marker and at stop. Every ``linger_s`` the thread also
   collects the metric points buffered by the active runs (see :mod:`studbook._run`).
-* Sent and acknowledged: done. Refused (HTTP 4xx): reported to the caller's thread as
-  :class:`~studbook.EventRejected`, not spooled; with a 422 that names the bad events, the
-  others of the batch are sent again on their own so that one bad event does not sink them.
+* Sent and acknowledged: done. Refused (HTTP 4xx about the data): reported to the caller's
+  thread as :class:`~studbook.EventRejected`, not spooled; when the answer names the refused
+  events (422, or a 403 for events the token may not record), the others of the batch are sent
+  again on their own so that one bad event does not sink them.
 * Unavailable (connection error, HTTP 5xx, 404, 408, 429): the batch is appended to the
   spool, and so is every later batch, to keep their order, until a retry (back-off from
   ``retry_initial_s`` doubling to ``retry_max_s``) re-sends the whole spool, oldest first.
+* Unauthorized (HTTP 401/403: the token was refused, e.g. revoked during a long run): spooled
+  and retried like Unavailable, and the caller is told (a log record each time it starts, a
+  warning in the caller's thread once per process). A new token (:meth:`Dispatcher.reconfigure`)
+  re-sends the spool at once. Spool files of ended processes refused for our token are left
+  for another process, and adopted again when the token changes.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from studbook._config import Config
 from studbook._errors import EventRejected, TransportError
 from studbook._events import uuid7
 from studbook._spool import Spool
-from studbook._transport import Outcome, Refused, Sent, Transport, Unavailable
+from studbook._transport import Outcome, Refused, Sent, Transport, Unauthorized, Unavailable
 
 log = logging.getLogger("studbook")
 
@@ -52,6 +58,13 @@ class _Flush(_Marker):
 
 class _Stop(_Marker):
     __slots__ = ()
+
+
+class _Reconfigure:
+    __slots__ = ("config",)
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
 
 
 def encode_metrics(chunk: MetricsChunk) -> bytes:
@@ -95,27 +108,17 @@ def rejection(events: Sequence[bytes], refused: Refused) -> EventRejected:
         ids.append(str(doc.get("event_id", "?")))
         types.append(str(doc.get("type", "?")))
     n = len(events)
-    if refused.auth:
-        message = (
-            f"the gateway refused the credentials (HTTP {refused.status}: {refused.message}): "
-            f"check STUDBOOK_TOKEN; {n} event(s) were not stored"
+    shown = []
+    for error in refused.errors[:10]:
+        index = error.get("index")
+        what = (
+            f" ({types[index]} {ids[index]})" if isinstance(index, int) and 0 <= index < n else ""
         )
-    else:
-        shown = []
-        for error in refused.errors[:10]:
-            index = error.get("index")
-            what = (
-                f" ({types[index]} {ids[index]})"
-                if isinstance(index, int) and 0 <= index < n
-                else ""
-            )
-            shown.append(
-                f"index {index}{what}: {error.get('path', '')}: {error.get('message', '')}"
-            )
-        if len(refused.errors) > 10:
-            shown.append(f"and {len(refused.errors) - 10} more")
-        detail = "; ".join(shown) if shown else refused.message
-        message = f"the gateway rejected a batch of {n} event(s) (HTTP {refused.status}): {detail}"
+        shown.append(f"index {index}{what}: {error.get('path', '')}: {error.get('message', '')}")
+    if len(refused.errors) > 10:
+        shown.append(f"and {len(refused.errors) - 10} more")
+    detail = "; ".join(shown) if shown else refused.message
+    message = f"the gateway rejected a batch of {n} event(s) (HTTP {refused.status}): {detail}"
     return EventRejected(
         message, status=refused.status, errors=refused.errors, event_ids=ids, event_types=types
     )
@@ -132,14 +135,16 @@ class Dispatcher:
         drain_runs: Callable[[], list[MetricsChunk]],
         has_runs: Callable[[], bool],
         on_refused: Callable[[EventRejected], None],
-        on_token: Callable[[str], None],
+        on_token_refused: Callable[[str], None],
+        on_consistency_token: Callable[[str], None],
     ) -> None:
         self._cfg = config
         self._transport_factory = transport_factory
         self._drain_runs_cb = drain_runs
         self._has_runs = has_runs
         self._on_refused = on_refused
-        self._on_token = on_token
+        self._on_token_refused = on_token_refused
+        self._on_consistency_token = on_consistency_token
         self.queue: queue.Queue[object] = queue.Queue(config.queue_size)
         self.spool = Spool(config.spool_dir, config.url)
         self.transport: Transport | None = None
@@ -150,8 +155,10 @@ class Dispatcher:
         self._next_retry: float | None = None
         self._backoff = config.retry_initial_s
         self._last_reason = ""
-        self._auth_reported = False
-        self._auth_blocked = False
+        # The outcome of the last send, if the gateway refused the token for it.
+        self._unauthorized: Unauthorized | None = None
+        # Whether our own events wait for a token the gateway accepts (reported once till then).
+        self._token_blocked = False
         self._last_failure = float("-inf")
         self.stats = {"sent": 0, "spooled": 0, "resent": 0, "refused": 0}
         self._thread = threading.Thread(target=self._main, name="studbook-dispatcher", daemon=True)
@@ -172,6 +179,10 @@ class Dispatcher:
     def flush(self, timeout: float | None) -> bool:
         """Wait until everything put so far is acknowledged, refused or spooled."""
         return self._wait_for(_Flush(), timeout)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` (e.g. a new token) for what is sent from now on, spool included."""
+        self.queue.put(_Reconfigure(config))
 
     def stop(self, timeout: float | None) -> bool:
         """Flush, try the spool once more, close the transport and end the thread."""
@@ -266,6 +277,8 @@ class Dispatcher:
             self._add(item)
         elif type(item) is tuple:
             self._add(encode_metrics(item))
+        elif isinstance(item, _Reconfigure):
+            self._reconfigured(item.config)
         elif isinstance(item, _Flush):
             try:
                 self._drain_runs()
@@ -287,19 +300,36 @@ class Dispatcher:
             return True
         return False
 
-    def _close(self) -> None:
+    def _reconfigured(self, config: Config) -> None:
+        self._cfg = config
+        self._close_transport()  # the next send builds one with the new settings
+        self._backoff = config.retry_initial_s
+        self._token_blocked = False  # if the new token is refused too, that is said again
+        try:
+            # Spool files of ended processes set aside because the old token was refused.
+            self.spool.adopt_orphans()
+        except Exception:
+            log.exception("studbook: could not look for spool files of ended processes")
+        if self.spool.pending:
+            self._next_retry = time.monotonic()  # re-send the spool now, with the new token
+
+    def _close_transport(self) -> None:
         transport, self.transport = self.transport, None
         try:
             if transport is not None:
                 transport.close()
         except Exception:
             log.exception("studbook: error while closing the transport")
+
+    def _close(self) -> None:
+        self._close_transport()
         if self.spool.pending:
             log.warning(
                 "studbook: events not yet delivered stay in the spool (%s); the next "
-                "studbook.init for %s re-sends them",
+                "studbook.init for %s%s re-sends them",
                 ", ".join(str(p) for p in self.spool.paths) or "memory",
                 self._cfg.url,
+                " with a token the gateway accepts" if self._token_blocked else "",
             )
         self.spool.close()
 
@@ -329,7 +359,7 @@ class Dispatcher:
         rest = self._send(batch, replay=False)
         if rest:
             self._spool(rest)
-            self._schedule_retry()
+            self._undelivered()
 
     def _spool(self, events: Sequence[bytes]) -> None:
         self.spool.append(events)
@@ -343,7 +373,11 @@ class Dispatcher:
         return self.transport
 
     def _send(self, events: Sequence[bytes], *, replay: bool) -> list[bytes]:
-        """Deliver ``events``; return those still to deliver later (in order, [] if none)."""
+        """Deliver ``events``; return those still to deliver later (in order, [] if none).
+
+        ``self._unauthorized`` then tells whether they are left because the token was refused.
+        """
+        self._unauthorized = None
         try:
             outcome: Outcome = self._transport().send(events)
         except Exception as exc:  # a transport must not raise; if it does, retry later
@@ -351,12 +385,21 @@ class Dispatcher:
             outcome = Unavailable(repr(exc))
         if isinstance(outcome, Sent):
             if outcome.consistency_token is not None:
-                self._on_token(outcome.consistency_token)
-            self._auth_reported = False
+                self._on_consistency_token(outcome.consistency_token)
+            if self._token_blocked:
+                self._token_blocked = False
+                log.info("studbook: the gateway accepts the token; sending the spooled events")
             self.stats["resent" if replay else "sent"] += len(events)
             return []
         if isinstance(outcome, Unavailable):
             self._last_reason = outcome.reason
+            return list(events)
+        if isinstance(outcome, Unauthorized):
+            # The events are fine, the token is not: keep them (in order) for a valid token.
+            self._unauthorized = outcome
+            self._last_reason = (
+                f"the gateway refused the token: HTTP {outcome.status}: {outcome.message}"
+            )
             return list(events)
         if outcome.status in (404, 405):  # no gateway there (yet): a setup problem, not bad data
             self._last_reason = (
@@ -370,26 +413,34 @@ class Dispatcher:
             if rest:
                 return rest + list(events[half:])
             return self._send(events[half:], replay=replay)
-        if outcome.auth and replay:
-            # The spooled events are fine, the token is not: keep them for a better token.
-            self._auth_blocked = True
-            self._last_reason = f"HTTP {outcome.status} (check STUDBOOK_TOKEN)"
-            if not self._auth_reported:
-                self._auth_reported = True
-                self._on_refused(rejection(events, outcome))
-            return list(events)
         self.stats["refused"] += len(events)
         self._on_refused(rejection(events, outcome))
         bad = {e.get("index") for e in outcome.errors}
         good = [e for i, e in enumerate(events) if i not in bad]
-        if outcome.status == 422 and good and len(good) < len(events):
+        if good and len(good) < len(events):  # the refusal names its events (422, 403)
             self.stats["refused"] -= len(good)
             return self._send(good, replay=replay)
         return []
 
+    def _undelivered(self) -> None:
+        """Some events went to the spool: say why (once) if it is the token, retry later."""
+        refused = self._unauthorized
+        if refused is not None and not self._token_blocked:
+            self._token_blocked = True
+            where = ", ".join(str(p) for p in self.spool.paths) or "memory"
+            message = (
+                f"studbook: the gateway refused the token (HTTP {refused.status}: "
+                f"{refused.message}). Events are kept, in order, in the spool ({where}) and "
+                "sent once a valid token is configured: call studbook.init(...) again with the "
+                "same settings and the new token, or start a process with a valid token"
+            )
+            log.warning("%s", message)
+            self._on_token_refused(message)
+        self._schedule_retry()
+
     def _schedule_retry(self) -> None:
         self._last_failure = time.monotonic()
-        if self._next_retry is None:
+        if self._next_retry is None and not self._token_blocked:
             where = ", ".join(str(p) for p in self.spool.paths) or "memory"
             log.warning(
                 "studbook: cannot deliver events (%s); spooling them to %s and retrying",
@@ -407,9 +458,8 @@ class Dispatcher:
             chunk = self.spool.next_chunk(self._cfg.batch_events, self._cfg.batch_bytes)
             if not chunk:
                 break
-            self._auth_blocked = False
             rest = self._send(chunk, replay=True)
-            if rest and self._auth_blocked and self.spool.reading_orphan:
+            if rest and self._unauthorized is not None and self.spool.reading_orphan:
                 # Another process's events that our token may not write: leave them to a
                 # process that may, rather than let them block ours.
                 log.warning(
@@ -425,7 +475,7 @@ class Dispatcher:
             tail = chunk[len(chunk) - len(rest) :]
             if len(rest) < len(chunk) and all(a is b for a, b in zip(rest, tail, strict=True)):
                 self.spool.advance(len(chunk) - len(rest))
-            self._schedule_retry()
+            self._undelivered()
             return
         if self.spool.pending:
             self._next_retry = time.monotonic()  # more to do after serving the queue

@@ -4,12 +4,15 @@
 
     StudbookError            anything the SDK raises about Studbook itself
     ├── ConfigError          bad or missing configuration (url, project, token, missing extra)
-    ├── EventRejected        the gateway refused events (HTTP 4xx): the data or the token is bad;
+    ├── EventRejected        the gateway refused events (HTTP 4xx about the data, e.g. 422);
     │                        carries the gateway's ``errors`` list. The events were not spooled.
     └── TransportError       events could not be handed over in time (e.g. ``flush`` timed out)
 
 Programming errors in arguments (a NaN metric, a malformed name) raise the built-in
 :class:`ValueError` / :class:`TypeError` in the caller's thread, immediately.
+
+A refused token (HTTP 401/403) raises nothing: the events wait in the spool for a valid token,
+and a ``UserWarning`` says so, once per process.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class TransportError(StudbookError):
 
 
 class EventRejected(StudbookError):
-    """The gateway refused a batch of events (HTTP 4xx); they were not spooled and not stored.
+    """The gateway refused a batch of events (HTTP 4xx about the data: 422, 413 for one event,
+    403 naming events the token may not record); they were not spooled and not stored.
 
     Raised in the caller's thread at the next SDK call, at :func:`studbook.flush` or when a run
     ends. ``status`` is the HTTP status, ``errors`` the gateway's list of violations

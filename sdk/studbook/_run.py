@@ -52,11 +52,11 @@ class RunClient(Protocol):
 
     @property
     def refusals(self) -> Sized:
-        """Refusals not yet reported: checked on the hot path, so cheap."""
+        """Refusals and warnings not yet reported: checked on the hot path, so cheap."""
         ...
 
     def raise_refused(self) -> None:
-        """Raise the oldest refusal the background thread left for the caller's thread."""
+        """Report (warn or raise) what the background thread left for the caller's thread."""
         ...
 
     def put(self, item: object) -> None:

@@ -5,7 +5,11 @@ bytes, in order) and returns an :data:`Outcome`; it never raises for network tro
 
 * :class:`Sent`: every event was acknowledged (the gateway is idempotent by ``event_id``, so
   re-sent events are acknowledged too);
-* :class:`Refused`: the events were refused for good (HTTP 4xx); retrying cannot help;
+* :class:`Refused`: the events were refused for good (HTTP 4xx about the data): retrying
+  cannot help. A 403 that lists the events it refuses (``errors``, as a 422 does) is one: the
+  token may not record those events (say, an approval), though it may record others;
+* :class:`Unauthorized`: the gateway refused the credentials (HTTP 401, or 403 without a list
+  of events), not the events: they must be kept until a valid token is configured;
 * :class:`Unavailable`: try again later (connection refused, timeout, HTTP 5xx, 408, 429).
 
 Which transport a client uses is decided where the client is built (:mod:`studbook._api`),
@@ -42,9 +46,14 @@ class Refused:
     message: str
     errors: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def auth(self) -> bool:
-        return self.status in (401, 403)
+
+@dataclass(frozen=True, slots=True)
+class Unauthorized:
+    """The gateway refused the token (HTTP 401: missing, unknown or revoked; 403: it may not
+    write here, e.g. no ``write`` scope), not the events: keep them for a valid token."""
+
+    status: int
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +63,7 @@ class Unavailable:
     reason: str
 
 
-Outcome = Sent | Refused | Unavailable
+Outcome = Sent | Refused | Unauthorized | Unavailable
 
 
 class Transport(Protocol):
@@ -135,9 +144,10 @@ class HttpTransport:
                 f"{self._endpoint} answered a redirect (HTTP {status}): check STUDBOOK_URL"
             )
         listed = data.get("errors") if isinstance(data, dict) else None
-        if isinstance(listed, list):
-            return Refused(status, _error_text(data), [e for e in listed if isinstance(e, dict)])
-        return Refused(status, _error_text(data))
+        errors = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+        if status == 401 or (status == 403 and not errors):
+            return Unauthorized(status, _error_text(data))
+        return Refused(status, _error_text(data), errors)
 
     def close(self) -> None:
         self._pool.clear()

@@ -1,7 +1,7 @@
 """Fixtures of the SDK's unit tests: an isolated environment, a stub gateway, fast clients.
 
 No Kafka and no PostgreSQL: the stub gateway is `http.server` in a thread speaking the ingest
-gateway's HTTP semantics (202 / 422 / 401 / 500, or not listening at all).
+gateway's HTTP semantics (202 / 422 / 401 / 403 / 500, or not listening at all).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class Gateway:
 
     ``mode``: ``"accept"`` (202), ``"fail"`` (500), ``"auth"`` (401). ``reject`` returns a
     message for an event that must be refused with 422 (the batch is refused, as the gateway
-    does, with the index and path of each bad event).
+    does, with the index and path of each bad event). ``tokens`` (if set) are the bearer tokens
+    it knows (others: 401), ``read_only`` the known ones without the write scope (403).
+    ``forbid`` returns a message for an event the token may not send (403 naming the events).
     """
 
     def __init__(self, port: int | None = None) -> None:
@@ -44,7 +46,10 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.mode = "accept"
         self.reject: Callable[[dict[str, Any]], str | None] = lambda event: None
+        self.forbid: Callable[[dict[str, Any]], str | None] = lambda event: None
         self.forbidden_project: str | None = None  # 403 for a batch with events of it
+        self.tokens: set[str] | None = None
+        self.read_only: set[str] = set()
         self.requests: list[list[dict[str, Any]]] = []
         self.accepted: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -66,7 +71,9 @@ class Gateway:
                 with gateway.lock:
                     gateway.requests.append(events)
                     gateway.headers.append(dict(self.headers))
-                    status, answer = gateway._answer(self.path, events)
+                    status, answer = gateway._answer(
+                        self.path, events, self.headers.get("Authorization", "")
+                    )
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -85,13 +92,18 @@ class Gateway:
         )
         self._thread.start()
 
-    def _answer(self, path: str, events: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    def _answer(
+        self, path: str, events: list[dict[str, Any]], authorization: str
+    ) -> tuple[int, dict[str, Any]]:
         if path != "/v1/events":
             return 404, {"error": "not found"}
         if self.mode == "fail":
             return 500, {"error": "store unavailable"}
-        if self.mode == "auth":
+        token = authorization.removeprefix("Bearer ")
+        if self.mode == "auth" or (self.tokens is not None and token not in self.tokens):
             return 401, {"error": "invalid token"}
+        if token in self.read_only:
+            return 403, {"error": "token lacks the `write` scope"}
         if any(e.get("project") == self.forbidden_project for e in events):
             return 403, {"error": f"token may not write to project {self.forbidden_project}"}
         errors = []
@@ -101,6 +113,13 @@ class Gateway:
                 errors.append({"index": index, "path": "/payload/text", "message": message})
         if errors:
             return 422, {"errors": errors}
+        forbidden = [
+            {"index": index, "path": "/type", "message": message}
+            for index, event in enumerate(events)
+            if (message := self.forbid(event)) is not None
+        ]
+        if forbidden:
+            return 403, {"error": forbidden[0]["message"], "errors": forbidden}
         self.accepted.extend(events)
         return 202, {
             "accepted": [e["event_id"] for e in events],
@@ -132,6 +151,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             monkeypatch.delenv(key)
     monkeypatch.setenv("STUDBOOK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("STUDBOOK_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setattr(_client, "_token_warned", False)  # each test is a process, so to speak
     yield tmp_path
     with contextlib.suppress(studbook.StudbookError):
         studbook.shutdown(timeout=10)

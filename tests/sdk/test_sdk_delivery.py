@@ -1,12 +1,13 @@
 """No loss: batching, the spool, re-sending, refusals, back-pressure and fork safety.
 
-Against a stub of the ingest gateway (see conftest.Gateway): 202, 500, 422, 401, or not
+Against a stub of the ingest gateway (see conftest.Gateway): 202, 500, 422, 401, 403, or not
 listening at all.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import pytest
 
 import studbook
 from conftest import Gateway
+from studbook import _api
 from studbook._client import Client
 from studbook._spool import destination_key
 from studbook._transport import MemoryTransport, Outcome, Sent
@@ -178,16 +180,180 @@ def test_422_raises_event_rejected_at_the_next_call_and_keeps_the_good_events(
         studbook.annotate("project:churn", "note 3")
 
 
-def test_401_is_reported_with_a_hint_and_not_spooled(
+def log_steps(run: studbook.Run, start: int, stop: int) -> None:
+    for step in range(start, stop):
+        run.log_metric("loss", 1.0 / (step + 1), step=step)
+
+
+def metric_steps(events: Sequence[dict[str, Any]]) -> list[int]:
+    return [
+        p["step"]
+        for e in events
+        if e["type"] == "run.metrics.logged"
+        for p in e["payload"]["metrics"]
+    ]
+
+
+def spooled(spool_dir: Path) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(line) for f in spool_files(spool_dir) for line in f.read_bytes().splitlines()
+    ]
+
+
+def sdk_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "studbook" and r.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_spools_warns_once_and_a_new_token_sends_everything_in_order(
+    gateway: Gateway,
+    install: Callable[..., Client],
+    spool_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    gateway.tokens = {"old", "new"}
+    client = install(url=gateway.url, token="old", retry_initial_s=0.02, retry_max_s=0.02)
+    run = studbook.start_run("long job")
+    log_steps(run, 0, 300)
+    studbook.flush()
+    assert metric_steps(gateway.accepted) == list(range(300))
+
+    # Mid-run, the token is revoked (401) or loses its write scope (403).
+    if status == 401:
+        gateway.tokens = {"new"}
+    else:
+        gateway.read_only = {"old"}
+
+    def go_on() -> None:
+        log_steps(run, 300, 3000)
+        emit_notes(5)
+        studbook.flush()  # returns: everything is spooled
+
+    with pytest.warns(UserWarning, match=f"refused the token \\(HTTP {status}") as warned:
+        go_on()
+    assert len(warned) == 1
+    assert "studbook.init" in str(warned[0].message)
+    assert warned[0].filename == __file__  # attributed to the caller's line, not the SDK's
+
+    # Retries go on, with the refused token, quietly: a second warning would fail this test.
+    refused_before = len(gateway.requests)
+    wait_until(lambda: len(gateway.requests) >= refused_before + 3, what="retries")
+    log_steps(run, 3000, 3500)
+    studbook.flush()
+    logged = sdk_warnings(caplog)
+    assert len(logged) == 1
+    assert "refused the token" in logged[0]
+    assert metric_steps(gateway.accepted) == list(range(300))  # nothing stored meanwhile...
+    held = spooled(spool_dir)
+    assert metric_steps(held) == list(range(300, 3500))  # ...and nothing dropped
+    assert notes(held) == list(range(5))
+
+    client.set_token("new")
+    log_steps(run, 3500, 4000)
+    run.finish()  # would raise EventRejected if anything had been refused for good
+    wait_until(lambda: not spool_files(spool_dir), what="the spool to be re-sent")
+    studbook.flush()
+
+    accepted = gateway.accepted
+    assert all(n == 1 for n in Counter(e["event_id"] for e in accepted).values())
+    assert metric_steps(accepted) == list(range(4000))
+    assert notes(accepted) == list(range(5))
+    assert [e["type"] for e in accepted][-1] == "run.finished"
+    assert len(sdk_warnings(caplog)) == 1
+
+
+def test_init_with_a_new_token_keeps_the_client_its_open_run_and_its_spool(
+    gateway: Gateway, spool_dir: Path
+) -> None:
+    gateway.tokens = {"new"}
+    studbook.init(url=gateway.url, project="churn", token="old")
+    client = _api.client()
+
+    def start() -> studbook.Run:
+        run = studbook.start_run("r")
+        run.log_metric("loss", 0.5, step=0)
+        studbook.flush()
+        return run
+
+    with pytest.warns(UserWarning, match="refused the token"):
+        run = start()
+    assert len(spool_files(spool_dir)) == 1
+    assert not gateway.accepted
+
+    studbook.init(url=gateway.url, project="churn", token="new")
+    assert _api.client() is client
+    run.log_metric("loss", 0.25, step=1)
+    run.finish()
+    wait_until(lambda: not spool_files(spool_dir), what="the spool to be re-sent")
+    assert [e["type"] for e in gateway.accepted] == [
+        "run.started", "run.metrics.logged", "run.metrics.logged", "run.finished",
+    ]  # fmt: skip
+    assert metric_steps(gateway.accepted) == [0, 1]
+    refused, sent = gateway.headers[0], gateway.headers[-1]
+    assert (refused["Authorization"], sent["Authorization"]) == ("Bearer old", "Bearer new")
+
+    # Other settings than the token still replace the client.
+    studbook.init(url=gateway.url, project="other", token="new")
+    assert _api.client() is not client
+
+
+def test_events_refused_for_the_token_are_sent_by_the_next_process_with_a_valid_one(
+    gateway: Gateway, spool_dir: Path
+) -> None:
+    gateway.tokens = {"good"}
+    script = textwrap.dedent(
+        f"""
+        import studbook
+        studbook.init(
+            url={gateway.url!r}, project="churn", token="revoked", spool_dir={str(spool_dir)!r}
+        )
+        for i in range(30):
+            studbook.annotate("project:churn", f"note {{i}}")
+        studbook.flush()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(b"UserWarning: studbook: the gateway refused the token") == 1
+    assert b"EventRejected" not in done.stderr
+    left = spool_files(spool_dir)
+    assert len(left) == 1
+    assert notes(spooled(spool_dir)) == list(range(30))
+    assert not gateway.accepted
+
+    studbook.init(url=gateway.url, project="churn", token="good")
+    wait_until(lambda: not left[0].exists(), what="the spool of the ended process")
+    assert notes(gateway.accepted) == list(range(30))
+
+
+def test_a_403_naming_its_events_raises_event_rejected_and_holds_nothing_back(
     gateway: Gateway, install: Callable[..., Client], spool_dir: Path
 ) -> None:
-    gateway.mode = "auth"
-    install(url=gateway.url, token="wrong", linger_s=5.0)
+    gateway.forbid = lambda e: (
+        "token `ci` lacks the `approve` scope" if e["type"] == "model.version.approved" else None
+    )
+    install(url=gateway.url, token="ci", linger_s=5.0)  # one batch, sent at flush
     emit_notes(2)
-    with pytest.raises(studbook.EventRejected, match="STUDBOOK_TOKEN") as caught:
-        studbook.flush()
-    assert caught.value.status == 401
+    studbook.approve("churn-clf", 1)
+    emit_notes(2, start=2)
+    with pytest.raises(studbook.EventRejected, match="approve") as caught:
+        studbook.flush()  # and no warning: the token itself was accepted
+    assert caught.value.status == 403
+    assert caught.value.event_types == [
+        "annotation.added", "annotation.added", "model.version.approved",
+        "annotation.added", "annotation.added",
+    ]  # fmt: skip
+    assert caught.value.errors[0]["index"] == 2
+    assert notes(gateway.accepted) == [0, 1, 2, 3]  # the others were sent on their own
     assert not spool_files(spool_dir)
+    emit_notes(1, start=4)  # delivery goes on
+    studbook.flush()
+    assert notes(gateway.accepted) == [0, 1, 2, 3, 4]
 
 
 def test_run_exit_raises_event_rejected(gateway: Gateway, install: Callable[..., Client]) -> None:
@@ -251,7 +417,7 @@ def test_a_torn_last_line_of_a_dead_process_is_skipped(gateway: Gateway, spool_d
 
 
 def test_an_orphan_our_token_may_not_write_is_left_for_another_process(
-    gateway: Gateway, spool_dir: Path
+    gateway: Gateway, spool_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     foreign = {
         "event_id": "0190a000-0000-7000-8000-000000000001", "type": "annotation.added",
@@ -263,26 +429,25 @@ def test_an_orphan_our_token_may_not_write_is_left_for_another_process(
     orphan = spool_dir / f"{destination_key(gateway.url)}-0-1.ndjson"
     orphan.write_bytes(orjson.dumps(foreign) + b"\n")
     studbook.init(url=gateway.url, project="churn")
-    refusals: list[studbook.EventRejected] = []
-    for i in range(3):
-        try:  # the refusal surfaces at whichever call comes next
-            studbook.annotate("project:churn", f"note {i}")
-        except studbook.EventRejected as exc:
-            refusals.append(exc)
+    emit_notes(3)  # neither raises nor warns: our own events go through
     wait_until(lambda: len(gateway.accepted) == 3, what="our events")
-    try:
-        studbook.flush()
-    except studbook.EventRejected as exc:
-        refusals.append(exc)
-    assert [r.status for r in refusals] == [403]
-    assert "STUDBOOK_TOKEN" in str(refusals[0])
+    studbook.flush()
     assert notes(gateway.accepted) == [0, 1, 2]
+    assert any(
+        str(orphan) in r.getMessage() and "leaving" in r.getMessage() for r in caplog.records
+    )
     assert orphan.exists()  # kept, and unlocked: another process may adopt it
     fd = os.open(orphan, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+    # A new token (here: one the gateway lets write to that project) takes it up again.
+    gateway.forbidden_project = None
+    _api.client().set_token("admin")
+    wait_until(lambda: not orphan.exists(), what="the orphan to be re-sent")
+    assert [e["payload"]["text"] for e in gateway.accepted][-1] == "theirs"
 
 
 def test_full_queue_blocks_the_caller_and_drops_nothing(install: Callable[..., Client]) -> None:

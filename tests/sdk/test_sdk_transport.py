@@ -14,7 +14,7 @@ import pytest
 import studbook
 from conftest import Gateway, free_port
 from studbook._client import Client
-from studbook._transport import HttpTransport, Refused, Sent, Unavailable
+from studbook._transport import HttpTransport, Refused, Sent, Unauthorized, Unavailable
 
 
 class Scripted:
@@ -86,6 +86,8 @@ def test_answers_are_read_as_outcomes(scripted: Callable[..., Scripted]) -> None
         (202, {"accepted": ["e1", "e2"], "consistency_token": "tok-1"}),
         (422, {"errors": [{"index": 1, "path": "/payload/x", "message": "bad"}]}),
         (401, {"error": "invalid token"}),
+        (403, {"error": "token `ci` lacks the `write` scope"}),
+        (403, {"error": "no approve scope", "errors": [{"index": 0, "path": "/type"}]}),
         (413, {"error": "too large"}),
         (503, {"error": "busy"}),
         (429, {"error": "slow down"}),
@@ -97,10 +99,13 @@ def test_answers_are_read_as_outcomes(scripted: Callable[..., Scripted]) -> None
         assert transport.send(EVENTS) == Refused(
             422, "1 violation(s)", [{"index": 1, "path": "/payload/x", "message": "bad"}]
         )
-        refused = transport.send(EVENTS)
-        assert refused == Refused(401, "invalid token")
-        assert isinstance(refused, Refused)
-        assert refused.auth
+        # The token, not the data: a different outcome, so the events are kept, not dropped.
+        assert transport.send(EVENTS) == Unauthorized(401, "invalid token")
+        assert transport.send(EVENTS) == Unauthorized(403, "token `ci` lacks the `write` scope")
+        # A 403 that names its events is about them: the token may not record these ones.
+        assert transport.send(EVENTS) == Refused(
+            403, "no approve scope", [{"index": 0, "path": "/type"}]
+        )
         assert transport.send(EVENTS) == Refused(413, "too large")
         assert isinstance(transport.send(EVENTS), Unavailable)
         assert isinstance(transport.send(EVENTS), Unavailable)
