@@ -1,10 +1,12 @@
 """The SDK end to end: a real training script -> the real gateway (or Kafka) -> the projector ->
-the read models. Every service is a real process; the gateway is killed mid-run in one test."""
+the read models. Every service is a real process; the gateway is killed mid-run in one test, and
+the run's token is revoked mid-run in another."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
+import studbook
+from studbook import _client
 from studbook_server import auth
 from studbook_server.adapters import postgres
 from tests.conftest import Services
@@ -263,3 +268,79 @@ async def test_killing_the_gateway_mid_run_loses_and_duplicates_nothing(
         await con.close()
     left = [f for f in (tmp_path / "spool").rglob("*") if f.is_file() and f.stat().st_size > 0]
     assert left == [], f"the spool was not drained: {left}"
+
+
+def _log_steps(run: studbook.Run, start: int, stop: int, keys: int) -> None:
+    for step in range(start, stop):
+        run.log_metrics({f"m{k}": step * 0.1 + k for k in range(keys)}, step=step)
+
+
+def _spooled_points(spool: Path) -> int:
+    lines = [line for f in spool.glob("*.ndjson") for line in f.read_bytes().splitlines()]
+    return sum(
+        len(e["payload"]["metrics"])
+        for e in map(json.loads, lines)
+        if e["type"] == "run.metrics.logged"
+    )
+
+
+async def test_a_token_revoked_mid_run_holds_events_until_a_new_token_loses_nothing(
+    stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = 4
+    points = "SELECT count(*) FROM run_metric_points WHERE run_id = $1"
+    spool = tmp_path / "spool"
+    monkeypatch.setattr(_client, "_token_warned", False)  # this test plays one training process
+    con = await postgres.connect(stack.url)
+    old_id, old = await auth.create_token(con, "training", ["write"], ["churn"])
+    where = {"url": f"http://127.0.0.1:{stack.port}", "project": "churn", "spool_dir": spool}
+    studbook.init(token=old, actor="trainer@e2e", **where)
+    try:
+        run = studbook.start_run("token revoked mid-run")
+        _log_steps(run, 0, 100, keys)
+        studbook.flush()
+        await _wait_for(stack.url, points, 100 * keys, run.id)
+
+        assert await auth.revoke_token(con, old_id)  # e.g. rotated by an admin during training
+
+        def keep_training() -> None:
+            _log_steps(run, 100, 400, keys)
+            studbook.annotate(run, "still training")
+            studbook.flush()  # returns once everything is spooled
+
+        with pytest.warns(UserWarning, match=r"refused the token \(HTTP 401") as warned:
+            keep_training()
+        assert len(warned) == 1
+        _log_steps(run, 400, 500, keys)  # no second warning: warnings are errors here
+        studbook.flush()
+        refused = [
+            r for r in caplog.records if r.name == "studbook" and r.levelno >= logging.WARNING
+        ]
+        assert len(refused) == 1
+        assert "refused the token" in refused[0].getMessage()
+        assert _spooled_points(spool) == 400 * keys  # every point since the revocation is kept
+        assert await con.fetchval(points, run.id) == 100 * keys  # and none got in meanwhile
+
+        _, new = await auth.create_token(con, "training (rotated)", ["write"], ["churn"])
+        studbook.init(token=new, actor="trainer@e2e", **where)  # same settings, new token
+        _log_steps(run, 500, 600, keys)
+        run.finish()
+        studbook.flush(timeout=60)
+
+        await _wait_for(stack.url, "SELECT status FROM runs WHERE run_id = $1", "completed", run.id)
+        await _wait_for(stack.url, points, 600 * keys, run.id)
+        distinct = "SELECT count(DISTINCT (key, step)) FROM run_metric_points WHERE run_id = $1"
+        assert await con.fetchval(distinct, run.id) == 600 * keys
+        per_key = await con.fetch("SELECT key, points FROM run_metrics WHERE run_id = $1", run.id)
+        assert sorted((r["key"], r["points"]) for r in per_key) == [
+            (f"m{k}", 600) for k in range(keys)
+        ]
+        notes = "SELECT count(*) FROM public.events WHERE type = 'annotation.added'"
+        assert await con.fetchval(notes) == 1
+        assert await con.fetchval("SELECT count(*) = count(DISTINCT event_id) FROM public.events")
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
+        assert list(spool.glob("*.ndjson")) == []
+        assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    finally:
+        studbook.shutdown(timeout=30)
+        await con.close()
