@@ -14,27 +14,30 @@ from typing import Any
 from studbook_server.adapters.postgres import Pool
 from studbook_server.auth import GOVERNANCE_TYPES, Principal
 from studbook_server.config import Settings
+from studbook_server.domain.contract import Violation
 
 _REGISTERED_BY = """
 SELECT registered_by_id FROM rm.model_versions WHERE project = $1 AND model = $2 AND number = $3
 """
 
 
-def scope_problem(principal: Principal, docs: Sequence[dict[str, Any]]) -> str | None:
+def scope_problem(principal: Principal, docs: Sequence[dict[str, Any]]) -> Violation | None:
     """Why ``principal`` may not send these (valid) events, or None."""
     for index, doc in enumerate(docs):
         if not principal.may_send(doc["type"]):
             needed = "approve" if doc["type"] in GOVERNANCE_TYPES else "write"
-            return (
+            return Violation(
+                index,
+                "/type",
                 f"token `{principal.name}` lacks the `{needed}` scope needed to send "
-                f"`{doc['type']}` (event {index})"
+                f"`{doc['type']}` (event {index})",
             )
     return None
 
 
 async def four_eyes_problem(
     pool: Pool, settings: Settings, principal: Principal, docs: Sequence[dict[str, Any]]
-) -> str | None:
+) -> Violation | None:
     """Why a decision among these events breaks the four-eyes rule, or None."""
     if principal.token_id is None:
         return None
@@ -48,9 +51,11 @@ async def four_eyes_problem(
         version = doc["payload"]["version"]
         registered_by = await pool.fetchval(_REGISTERED_BY, project, model, version)
         if registered_by == principal.token_id:
-            return (
+            return Violation(
+                index,
+                "/payload/version",
                 f"four eyes: token `{principal.name}` registered `{model}` version {version} "
                 f"and may not decide on it in project `{project}` (event {index}); ask another "
-                "reviewer"
+                "reviewer",
             )
     return None

@@ -193,7 +193,17 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
         gw.pool, gw.settings, principal, parsed
     )
     if problem is not None:
-        return _error(403, problem)
+        # The event is named, so a client can tell this from a refused token (the SDK raises
+        # EventRejected for it instead of holding everything back until a new token comes).
+        return JSONResponse(
+            {
+                "error": problem.message,
+                "errors": [
+                    {"index": problem.index, "path": problem.path, "message": problem.message}
+                ],
+            },
+            status_code=403,
+        )
     started = time.perf_counter()
     try:
         token = await gw.publisher.publish(incoming, principal)

@@ -84,7 +84,7 @@ async def emit(
         raise BadInput(f"`{event_type}` is not valid: {detail}") from exc
     problem = await governance.four_eyes_problem(ctx.pool, ctx.deps.settings, principal, [doc])
     if problem is not None:
-        raise Forbidden(problem)
+        raise Forbidden(problem.message)
     try:
         token = await publisher.publish([Incoming(doc, event)], principal)
     except PublishUnavailable as exc:
