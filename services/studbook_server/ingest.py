@@ -9,7 +9,7 @@ work out which half of a batch went through.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,18 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from studbook_server import auth, governance
-from studbook_server.adapters import postgres
-from studbook_server.adapters.postgres import Incoming, Pool
+from studbook_server import auth
+from studbook_server.adapters.postgres import Pool
 from studbook_server.adapters.publish import (
     Publisher,
-    PublishRefused,
-    PublishTooLarge,
-    PublishUnavailable,
 )
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, caught_up, decode
-from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
+from studbook_server.domain.contract import Violation
+from studbook_server.writepath import Refused, Writer
 
 
 class GatewayMetrics:
@@ -95,20 +92,6 @@ def _parse(body: bytes, content_type: str) -> list[Any] | Violation:
     return [doc]
 
 
-def _nul_paths(node: Any, path: str = "") -> Iterator[str]:
-    if isinstance(node, str):
-        if "\x00" in node:
-            yield path
-    elif isinstance(node, dict):
-        for k, v in node.items():
-            if "\x00" in k:
-                yield f"{path}/{k}"
-            yield from _nul_paths(v, f"{path}/{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _nul_paths(v, f"{path}/{i}")
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -167,56 +150,16 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
     parsed = _parse(body, request.headers.get("content-type", ""))
     if isinstance(parsed, Violation):
         return _invalid(gw, [parsed], 1)
-    if not parsed:
-        return _invalid(gw, [Violation(0, "", "no events in the request")], 0)
-    violations: list[Violation] = []
-    incoming: list[Incoming] = []
-    for index, doc in enumerate(parsed):
-        try:
-            incoming.append(Incoming(doc, event_from_dict(doc, index)))  # validates once
-        except InvalidEvent as exc:
-            violations.extend(exc.violations)
-    if not violations and postgres.contains_nul(body):
-        for index, doc in enumerate(parsed):
-            for path in _nul_paths(doc):
-                violations.append(
-                    Violation(index, path, "must not contain a NUL character (\\u0000)")
-                )
-    if violations:
-        return _invalid(gw, violations, len(parsed))
-    forbidden = sorted({d["project"] for d in parsed if not principal.may_access(d["project"])})
-    if forbidden:
-        return _error(
-            403, f"token `{principal.name}` may not write to project(s) {', '.join(forbidden)}"
-        )
-    problem = governance.scope_problem(principal, parsed) or await governance.four_eyes_problem(
-        gw.pool, gw.settings, principal, parsed
-    )
-    if problem is not None:
-        # The event is named, so a client can tell this from a refused token (the SDK raises
-        # EventRejected for it instead of holding everything back until a new token comes).
-        return JSONResponse(
-            {
-                "error": problem.message,
-                "errors": [
-                    {"index": problem.index, "path": problem.path, "message": problem.message}
-                ],
-            },
-            status_code=403,
-        )
     started = time.perf_counter()
-    try:
-        token = await gw.publisher.publish(incoming, principal)
-    except PublishTooLarge as exc:
-        return _error(413, str(exc))
-    except PublishRefused as exc:
-        return _error(422, str(exc))
-    except PublishUnavailable as exc:
-        return _error(503, f"{exc}; retry later (re-sending is safe)")
+    outcome = await Writer(gw.settings, gw.pool, gw.publisher).submit(principal, parsed, raw=body)
+    if isinstance(outcome, Refused):
+        if outcome.status == 422 and outcome.violations:
+            return _invalid(gw, outcome.violations, len(parsed))
+        return JSONResponse(outcome.body(), status_code=outcome.status)
     gw.metrics.publish_seconds.observe(time.perf_counter() - started)
-    gw.metrics.accepted.inc(len(incoming))
+    gw.metrics.accepted.inc(len(outcome.event_ids))
     return JSONResponse(
-        {"accepted": [i.event.event_id for i in incoming], "consistency_token": token.encode()},
+        {"accepted": outcome.event_ids, "consistency_token": outcome.token.encode()},
         status_code=202,
     )
 

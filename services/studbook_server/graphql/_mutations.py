@@ -16,14 +16,12 @@ from typing import Any
 import strawberry
 from strawberry.scalars import JSON
 
-from studbook_server import governance
-from studbook_server.adapters.postgres import Incoming
-from studbook_server.adapters.publish import PublishRefused, PublishUnavailable
-from studbook_server.domain.contract import CURRENT_VERSIONS, InvalidEvent, event_from_dict
+from studbook_server.domain.contract import CURRENT_VERSIONS
 from studbook_server.graphql import _typed as typed
 from studbook_server.graphql._context import Info
 from studbook_server.graphql._errors import BadInput, Forbidden, NotFound, ReadOnly, Unavailable
 from studbook_server.graphql._ids import Ref, parse
+from studbook_server.writepath import Accepted, Writer
 
 PRODUCER = {"name": "studbook-graphql", "version": "1"}
 
@@ -75,23 +73,22 @@ async def emit(
         "payload": payload,
         "producer": PRODUCER,
     }
-    try:
-        event = event_from_dict(doc)
-    except InvalidEvent as exc:
-        detail = "; ".join(
-            f"{v.path.removeprefix('/payload/') or '/'}: {v.message}" for v in exc.violations
+    outcome = await Writer(ctx.deps.settings, ctx.pool, publisher).submit(principal, [doc])
+    if isinstance(outcome, Accepted):
+        return CommandResult(
+            event_id=strawberry.ID(outcome.event_ids[0]),
+            consistency_token=outcome.token.encode(),
         )
-        raise BadInput(f"`{event_type}` is not valid: {detail}") from exc
-    problem = await governance.four_eyes_problem(ctx.pool, ctx.deps.settings, principal, [doc])
-    if problem is not None:
-        raise Forbidden(problem.message)
-    try:
-        token = await publisher.publish([Incoming(doc, event)], principal)
-    except PublishUnavailable as exc:
-        raise Unavailable(f"{exc}; nothing was recorded, retry later") from exc
-    except PublishRefused as exc:
-        raise BadInput(str(exc)) from exc
-    return CommandResult(event_id=strawberry.ID(event.event_id), consistency_token=token.encode())
+    if outcome.status == 422 and outcome.violations:
+        detail = "; ".join(
+            f"{v.path.removeprefix('/payload/') or '/'}: {v.message}" for v in outcome.violations
+        )
+        raise BadInput(f"`{event_type}` is not valid: {detail}")
+    if outcome.status == 403:
+        raise Forbidden(outcome.message)
+    if outcome.status == 503:
+        raise Unavailable(f"{outcome.message}; nothing was recorded")
+    raise BadInput(outcome.message)
 
 
 async def _model_version(info: Info, text: str, event_type: str) -> Ref:

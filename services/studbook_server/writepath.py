@@ -1,0 +1,123 @@
+"""The one write path: what happens to events a client sends, whichever way they come in.
+
+The ingest gateway (`POST /v1/events`), the GraphQL mutations and the adapters for foreign
+clients all hand their events to :meth:`Writer.submit` with the authenticated principal. It
+validates every event against the contract (and refuses NUL characters, which PostgreSQL cannot
+store), checks the principal's projects and scopes (and four eyes where configured), and
+publishes them (Kafka in a deployment, the event store in embedded mode), recording the
+principal with each event. Nothing else writes events; nothing at all writes read models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from studbook_server import governance
+from studbook_server.adapters import postgres
+from studbook_server.adapters.postgres import Incoming, Pool
+from studbook_server.adapters.publish import (
+    Publisher,
+    PublishRefused,
+    PublishTooLarge,
+    PublishUnavailable,
+)
+from studbook_server.auth import Principal
+from studbook_server.config import Settings
+from studbook_server.consistency import Token
+from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Every event was handed over (or was already stored: sending again is safe)."""
+
+    event_ids: list[str]
+    token: Token
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Nothing was handed over. ``status`` is the HTTP status that fits; ``violations`` name
+    the events and fields at fault when the refusal is about them."""
+
+    status: int
+    message: str
+    violations: list[Violation] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of Studbook's own API for this refusal."""
+        out: dict[str, Any] = {}
+        if self.status != 422 or not self.violations:
+            out["error"] = self.message
+        if self.violations:
+            out["errors"] = [
+                {"index": v.index, "path": v.path, "message": v.message} for v in self.violations
+            ]
+        return out
+
+
+def _nul_paths(node: Any, path: str = "") -> Iterator[str]:
+    if isinstance(node, str):
+        if "\x00" in node:
+            yield path
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if "\x00" in k:
+                yield f"{path}/{k}"
+            yield from _nul_paths(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _nul_paths(v, f"{path}/{i}")
+
+
+@dataclass(slots=True)
+class Writer:
+    settings: Settings
+    pool: Pool
+    publisher: Publisher
+
+    async def submit(
+        self, principal: Principal, docs: Sequence[Any], *, raw: bytes | None = None
+    ) -> Accepted | Refused:
+        """Validate, authorise and publish ``docs`` (events as parsed from JSON) sent by
+        ``principal``. ``raw``, the request body they were parsed from, lets the NUL check
+        skip a walk of every event when the body has none."""
+        if not docs:
+            return Refused(422, "no events in the request", [Violation(0, "", "no events")])
+        violations: list[Violation] = []
+        incoming: list[Incoming] = []
+        for index, doc in enumerate(docs):
+            try:
+                incoming.append(Incoming(doc, event_from_dict(doc, index)))  # validates once
+            except InvalidEvent as exc:
+                violations.extend(exc.violations)
+        if not violations and (raw is None or postgres.contains_nul(raw)):
+            for index, doc in enumerate(docs):
+                for path in _nul_paths(doc):
+                    violations.append(
+                        Violation(index, path, "must not contain a NUL character (\\u0000)")
+                    )
+        if violations:
+            return Refused(422, "invalid events", violations)
+        forbidden = sorted({d["project"] for d in docs if not principal.may_access(d["project"])})
+        if forbidden:
+            return Refused(
+                403, f"token `{principal.name}` may not write to project(s) {', '.join(forbidden)}"
+            )
+        problem = governance.scope_problem(principal, docs) or await governance.four_eyes_problem(
+            self.pool, self.settings, principal, docs
+        )
+        if problem is not None:
+            # The event is named, so a client can tell this from a refused token.
+            return Refused(403, problem.message, [problem])
+        try:
+            token = await self.publisher.publish(incoming, principal)
+        except PublishTooLarge as exc:
+            return Refused(413, str(exc))
+        except PublishRefused as exc:
+            return Refused(422, str(exc))
+        except PublishUnavailable as exc:
+            return Refused(503, f"{exc}; retry later (re-sending is safe)")
+        return Accepted([i.event.event_id for i in incoming], token)
