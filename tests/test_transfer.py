@@ -13,6 +13,7 @@ from studbook_server import integrity
 from studbook_server.adapters import postgres
 from studbook_server.adapters.readmodels import catch_up
 from studbook_server.domain.contract import event_from_dict
+from studbook_server.domain.projection import StoredPrincipal
 from studbook_server.transfer import ImportError_, export_events, import_events
 from tests.support import assert_same_read_models, dump_read_models, migrated, scenario
 
@@ -29,7 +30,11 @@ async def _store(url: str, events: list[dict[str, Any]]) -> None:
                 await postgres.append(
                     con,
                     [
-                        postgres.Incoming(e, event_from_dict(orjson.loads(orjson.dumps(e))))
+                        postgres.Incoming(
+                            e,
+                            event_from_dict(orjson.loads(orjson.dumps(e))),
+                            principal=StoredPrincipal(f"tok-{e['actor']}", e["actor"]),
+                        )
                         for e in chunk
                     ],
                 )
@@ -56,6 +61,8 @@ async def test_export_then_import_reproduces_identical_read_models(
     assert exported == len(scenario())
     lines = out.getvalue().splitlines()
     assert [orjson.loads(line)["position"] for line in lines] == list(range(1, exported + 1))
+    # Who the source store authenticated travels with each event, and is restored as recorded.
+    assert {orjson.loads(line)["principal"]["name"] for line in lines} == {"alice", "bob"}
 
     con = await postgres.connect(target)
     try:

@@ -5,6 +5,9 @@ stops or skews projection, and redaction keeps the history whole."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -587,3 +590,39 @@ async def test_redaction_refuses_lineage_paths_and_scrubs_dead_letters(
         "dataset_version:events@v1", "dataset_version:feats@f1",
     )  # fmt: skip
     assert edge == "derived"
+
+
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STUDBOOK_DATABASE_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "studbook_server.cli", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def test_seal_and_verify_from_the_command_line(
+    database_factory: Factory, tmp_path: Path
+) -> None:
+    url, _, _, events = await _sealed_store(database_factory, tmp_path / "store")
+    key, log = tmp_path / "keys" / "seal.pem", tmp_path / "seals.ndjson"
+    made = _cli(url, "seal", "--init-key", "--key", str(key))
+    assert made.returncode == 0, made.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert _cli(url, "seal", "--init-key", "--key", str(key)).returncode == 1  # never overwritten
+    for _ in range(2):
+        sealed = _cli(url, "seal", "--key", str(key), "--log", str(log))
+        assert sealed.returncode == 0, sealed.stderr
+        assert f"position {len(events)}" in sealed.stdout
+    checked = _cli(url, "verify", "--seals", str(log), "--public-key", f"{key}.pub")
+    assert checked.returncode == 0, checked.stderr
+    assert f"ok, {len(events)} events" in checked.stdout
+    assert "2 of 2 seals match" in checked.stdout
+    await _sql(url, "DELETE FROM public.events WHERE position = $1", len(events))
+    failed = _cli(url, "verify", "--seals", str(log), "--public-key", f"{key}.pub")
+    assert failed.returncode == 1
+    assert f"position {len(events)}: row is missing" in failed.stderr
+    # A truncated store is never sealed over: the earlier seals are checked first.
+    refused = _cli(url, "seal", "--key", str(key), "--log", str(log))
+    assert refused.returncode == 1
+    assert "seal: refused, the chain does not verify" in refused.stderr
+    assert len(log.read_bytes().splitlines()) == 2

@@ -269,7 +269,9 @@ async def verify(con: Connection, seals: Sequence[Seal] = (), batch: int = 5000)
         )
         for r in await con.fetch(_REDACTIONS)
     }  # fmt: skip
-    sealed = {s.position: s for s in seals}
+    sealed: dict[int, list[Seal]] = {}
+    for s in seals:
+        sealed.setdefault(s.position, []).append(s)
     previous = chain.GENESIS
     expected_position = 0
     checked = redacted = seals_checked = 0
@@ -308,8 +310,7 @@ async def verify(con: Connection, seals: Sequence[Seal] = (), batch: int = 5000)
             previous = r["chain_hash"]
             if r["redacted"]:
                 redacted += 1
-            seal = sealed.get(position)
-            if seal is not None:
+            for seal in sealed.get(position, ()):
                 if bytes(r["chain_hash"]) != seal.chain_hash:
                     raise ChainBroken(
                         position,

@@ -78,9 +78,11 @@ async def seal_main(
     private = integrity.load_private_key(key_path)
     con = await _connect(settings, data_dir)
     try:
+        # Never sign a head whose history does not verify, against the log's earlier seals too
+        # (so a truncated or recomputed store is not sealed over).
+        seals = integrity.read_seals(log_path, private.public_key()) if log_path.exists() else []
         try:
-            # Never sign a head whose history does not verify.
-            await integrity.verify(con)
+            await integrity.verify(con, seals)
         except ChainBroken as exc:
             print(f"seal: refused, the chain does not verify: {exc}", file=sys.stderr)
             return 1

@@ -21,12 +21,13 @@ from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Connection, Incoming
 from studbook_server.adapters.readmodels import apply_batch, catch_up
 from studbook_server.domain.contract import InvalidEvent, event_from_dict
+from studbook_server.domain.projection import UNVERIFIED, StoredPrincipal
 from studbook_server.errors import StudbookError
 from studbook_server.locate import connection, resolve_database_url
 
 _EXPORT = """
 SELECT position, event_id::text, type, schema_version, occurred_at, recorded_at, actor, project,
-       subject, correlation_id, causation_id, producer, payload
+       subject, correlation_id, causation_id, producer, payload, principal_id, principal
 FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
 """
 
@@ -63,6 +64,8 @@ async def export_events(
                     doc[optional] = r[optional]
             doc["recorded_at"] = _time(r["recorded_at"])
             doc["position"] = r["position"]
+            if r["principal"] is not None:
+                doc["principal"] = {"token_id": r["principal_id"], "name": r["principal"]}
             out.write(orjson.dumps(doc) + b"\n")
         after = rows[-1]["position"]
         count += len(rows)
@@ -86,6 +89,12 @@ def _incoming(lines: Iterable[bytes]) -> Iterator[Incoming]:
             doc = orjson.loads(line)
             recorded = datetime.fromisoformat(doc.pop("recorded_at"))
             doc.pop("position", None)
+            # Who the exporting store authenticated, restored as recorded (an import is an
+            # operator's restore of a store's history, not a client's claim).
+            sender = doc.pop("principal", None)
+            principal = (
+                StoredPrincipal(sender["token_id"], sender["name"]) if sender else UNVERIFIED
+            )
             event = event_from_dict(doc)
         except (orjson.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
             detail = (
@@ -94,7 +103,7 @@ def _incoming(lines: Iterable[bytes]) -> Iterator[Incoming]:
                 else str(exc)
             )
             raise ImportError_(f"line {number}: not an exported event: {detail}") from exc
-        yield Incoming(doc, event, recorded)
+        yield Incoming(doc, event, recorded, principal)
 
 
 async def import_events(
