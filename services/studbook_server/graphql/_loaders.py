@@ -241,10 +241,33 @@ ASSIGNMENT_HISTORY = """
 SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
      WITH ORDINALITY AS k(project, kind, model, name, known, i)
 JOIN rm.assignments a ON a.project = k.project AND a.kind = k.kind AND a.model = k.model
-                     AND a.name = k.name
+                     AND (k.name IS NULL OR a.name = k.name)
 WHERE CASE WHEN k.known IS NULL THEN a.recorded_to IS NULL
            ELSE a.recorded_from <= k.known AND (a.recorded_to IS NULL OR k.known < a.recorded_to) END
-ORDER BY k.i, a.valid_from
+ORDER BY k.i, a.valid_from, a.name
+"""
+
+# The distinct param, metric and tag keys of a project's runs: a loose index scan (one index
+# probe per key, on the `(project, key, ...)` indexes of 0004 and 0006), not a scan of the rows.
+_KEYS_OF = """
+    SELECT '{kind}' AS kind, x.key FROM (
+        WITH RECURSIVE walk(key) AS (
+            (SELECT t.key FROM {table} t WHERE t.project = k.project ORDER BY t.key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT t.key FROM {table} t WHERE t.project = k.project AND t.key > w.key
+                    ORDER BY t.key LIMIT 1)
+            FROM walk w WHERE w.key IS NOT NULL
+        ) SELECT walk.key FROM walk WHERE walk.key IS NOT NULL LIMIT k.lim
+    ) x
+"""
+RUN_KEYS = f"""
+SELECT k.i, x.kind, x.key FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS k(project, lim, i)
+CROSS JOIN LATERAL (
+    {_KEYS_OF.format(kind="param", table="rm.run_params")}
+    UNION ALL {_KEYS_OF.format(kind="metric", table="rm.run_metrics")}
+    UNION ALL {_KEYS_OF.format(kind="tag", table="rm.run_tags")}
+) x
+ORDER BY k.i, x.kind, x.key
 """
 
 
@@ -401,5 +424,10 @@ class Loaders:
 
     @cached_property
     def assignment_history(self) -> DataLoader[Key, list[Record]]:
-        """(project, kind, model, name, knownAt)"""
+        """(project, kind, model, name or None for all, knownAt)"""
         return self._many(ASSIGNMENT_HISTORY)
+
+    @cached_property
+    def run_keys(self) -> DataLoader[Key, list[Record]]:
+        """(project, limit per kind)"""
+        return self._many(RUN_KEYS)

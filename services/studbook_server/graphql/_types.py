@@ -23,6 +23,7 @@ from studbook_server.graphql._loaders import Record
 PAGE_CAP = 500
 HISTORY_PAGE_CAP = 5000
 DEFAULT_PAGE = 50
+RUN_KEYS_CAP = 1000
 
 
 def page_size(first: int | None, *, default: int = DEFAULT_PAGE, cap: int = PAGE_CAP) -> int:
@@ -199,6 +200,17 @@ class Project(Node):
         )
         return connection([(cursor(r["name"]), Model.from_row(r)) for r in rows], limit, after)
 
+    @typed.field(
+        description=f"The param, metric and tag keys its runs have, by name (up to {RUN_KEYS_CAP} "
+        "of each): the columns and filters a runs table can offer."
+    )
+    async def run_keys(self, info: Info) -> RunKeys:
+        rows = await info.context.loaders.run_keys.load((self.name, RUN_KEYS_CAP))
+        keys: dict[str, list[str]] = {"param": [], "metric": [], "tag": []}
+        for r in rows:
+            keys[r["kind"]].append(r["key"])
+        return RunKeys(params=keys["param"], metrics=keys["metric"], tags=keys["tag"])
+
     @typed.field(description="Deployments holding at `asOf` (default now), as known at `knownAt`.")
     async def deployments(
         self, info: Info, as_of: datetime | None = None, known_at: datetime | None = None
@@ -207,6 +219,13 @@ class Project(Node):
             (self.name, "deployment", check_time(as_of, "asOf"), check_time(known_at, "knownAt"))
         )
         return [Deployment.from_row(r) for r in rows]
+
+
+@strawberry.type(description="The keys a project's runs have, each list by name.")
+class RunKeys:
+    params: list[str]
+    metrics: list[str]
+    tags: list[str]
 
 
 def _run_cursor(r: Record) -> str:
@@ -720,10 +739,11 @@ class Model(Node):
         return [AliasAssignment.from_row(r) for r in rows]
 
     @typed.field(
-        description="Every interval `alias` held a version, in occurred order, as known at `knownAt` (default now)."
+        description="Every interval `alias` held a version (every alias's, when `alias` is not "
+        "given), in occurred order, as known at `knownAt` (default now)."
     )
     async def alias_history(
-        self, info: Info, alias: str, known_at: datetime | None = None
+        self, info: Info, alias: str | None = None, known_at: datetime | None = None
     ) -> list[AliasAssignment]:
         rows = await info.context.loaders.assignment_history.load(
             (self.project, "alias", self.name, alias, check_time(known_at, "knownAt"))
