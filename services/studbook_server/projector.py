@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -29,6 +28,7 @@ from aiokafka.errors import KafkaError
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
 from studbook_server.adapters.readmodels import apply_batch, catch_up
+from studbook_server.adapters.retry import retrying, transient
 from studbook_server.auth import GOVERNANCE_TYPES
 from studbook_server.config import Settings, load_settings
 from studbook_server.domain import attestation
@@ -155,13 +155,6 @@ async def store_batch(
         log.warning("dead-lettered record %s: %s", d.source, d.reason)
 
 
-async def pause(delay: float, stopping: asyncio.Event) -> float:
-    """Back off for ``delay`` seconds (or until stopping); return the next, longer delay."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=delay)
-    return min(delay * 2, 30.0)
-
-
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment, continue from the offsets PostgreSQL holds, not Kafka's."""
 
@@ -209,9 +202,9 @@ class KafkaProjector:
         if not assigned:
             self.positioned.set()
             return
-        delay = 0.5
-        while True:
-            try:
+        # Without the stored offsets nothing may be consumed: wait for PostgreSQL.
+        async for attempt in retrying(self._stopping, f"{self.name}: reading stored offsets"):
+            with attempt:
                 rows = await self.pool.fetch(
                     """SELECT partition, next_offset FROM public.consumer_offsets
                        WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])""",
@@ -219,13 +212,6 @@ class KafkaProjector:
                     self.settings.events_topic,
                     [tp.partition for tp in assigned],
                 )
-                break
-            except Exception as exc:
-                # Without the stored offsets nothing may be consumed: wait for PostgreSQL.
-                if postgres.failure_kind(exc) != "retry" or self._stopping.is_set():
-                    raise
-                log.warning("%s: cannot read stored offsets (%s); retrying", self.name, exc)
-                delay = await pause(delay, self._stopping)
         stored = {r["partition"]: r["next_offset"] for r in rows}
         for tp in assigned:
             # Partitions without a stored offset start at the beginning by themselves
@@ -296,61 +282,56 @@ class KafkaProjector:
             topic=self.settings.events_topic, next_offsets=next_offsets, stats=self.stats,
         )  # fmt: skip
 
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
+
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         items = self._decode(batch)
         if not items:
             return
         async with self.busy:
-            delay = 0.5
-            while True:
-                try:
-                    async with self.pool.acquire() as con:
-                        await self._store(con, items)
+            try:
+                # Nothing is committed by a failed attempt: retry the same batch, never skip it.
+                async for attempt in retrying(
+                    self._stopping, f"{self.name}: storing a batch", self._count_retry
+                ):
+                    with attempt:
+                        async with self.pool.acquire() as con:
+                            await self._store(con, items)
+            except Exception as exc:
+                if postgres.failure_kind(exc) == "retry":
+                    # Stopping: the offsets were not stored either, so this batch comes again.
+                    log.warning("%s: stopping with an unstored batch (%s)", self.name, exc)
                     return
-                except Exception as exc:
-                    if postgres.failure_kind(exc) != "retry":
-                        # Not transient, so about some record of the batch: store event by
-                        # event, dead-lettering the one(s) responsible, so one bad event never
-                        # stops the pipeline (nor stops it again on every restart).
-                        log.warning(
-                            "%s: a batch failed (%s: %s); storing it event by event",
-                            self.name, type(exc).__name__, exc,
-                        )  # fmt: skip
-                        await self._store_one_by_one(items)
-                        return
-                    # Nothing was committed: retry the same batch (never skip it).
-                    if self._stopping.is_set():
-                        # Safe: the offsets were not stored either, so this batch comes again.
-                        log.warning("%s: stopping with an unstored batch (%s)", self.name, exc)
-                        return
-                    self.stats.retries += 1
-                    log.warning(
-                        "%s: storing a batch failed (%s); retrying in %.1fs", self.name, exc, delay
-                    )
-                    delay = await pause(delay, self._stopping)
+                # Not transient, so about some record of the batch: store event by event,
+                # dead-lettering the one(s) responsible, so one bad event never stops the
+                # pipeline (nor stops it again on every restart).
+                log.warning(
+                    "%s: a batch failed (%s: %s); storing it event by event",
+                    self.name, type(exc).__name__, exc,
+                )  # fmt: skip
+                await self._store_one_by_one(items)
 
     async def _store_one_by_one(
         self, items: Sequence[tuple[int, int, bytes, Incoming | DeadLetter]]
     ) -> None:
         for one in items:
-            delay = 0.5
-            while True:
-                try:
-                    async with self.pool.acquire() as con:
-                        try:
-                            await self._store(con, [one])
-                        except Exception as exc:
-                            if postgres.failure_kind(exc) == "retry":
-                                raise
-                            await self._store_refused(con, one, exc)
-                    break
-                except Exception as exc:
-                    if postgres.failure_kind(exc) != "retry":
-                        raise
-                    if self._stopping.is_set():
-                        return
-                    self.stats.retries += 1
-                    delay = await pause(delay, self._stopping)
+            try:
+                async for attempt in retrying(
+                    self._stopping, f"{self.name}: storing one record", self._count_retry
+                ):
+                    with attempt:
+                        async with self.pool.acquire() as con:
+                            try:
+                                await self._store(con, [one])
+                            except Exception as exc:
+                                if postgres.failure_kind(exc) == "retry":
+                                    raise
+                                await self._store_refused(con, one, exc)
+            except Exception as exc:
+                if postgres.failure_kind(exc) == "retry":  # stopping: the rest comes again
+                    return
+                raise
 
     async def _store_refused(
         self, con: postgres.Connection, one: tuple[int, int, bytes, Incoming | DeadLetter],
@@ -409,15 +390,15 @@ class StoreTailer:
         self._wake.set()
 
     async def run(self) -> None:
-        delay = 0.5
         while not self._stopping.is_set():
             try:
-                con = await postgres.connect(self.settings.database_url)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("tailer: cannot reach PostgreSQL (%s); retrying in %.1fs", exc, delay)
-                delay = await pause(delay, self._stopping)
-                continue
-            delay = 0.5
+                async for attempt in retrying(self._stopping, "tailer: connecting to PostgreSQL"):
+                    with attempt:
+                        con = await postgres.connect(self.settings.database_url)
+            except Exception as exc:
+                if transient(exc):
+                    return  # asked to stop while PostgreSQL was away
+                raise
             try:
                 await con.add_listener(postgres.NOTIFY_CHANNEL, lambda *_: self._wake.set())
                 while not self._stopping.is_set():
@@ -474,17 +455,15 @@ class postgres_pool:
         self.pool: postgres.Pool | None = None
 
     async def __aenter__(self) -> postgres.Pool | None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                self.pool = await postgres.create_pool(self.settings.database_url)
-                return self.pool
-            except Exception as exc:
-                if postgres.failure_kind(exc) != "retry":
-                    raise
-                log.warning("cannot reach PostgreSQL (%s); retrying in %.1fs", exc, delay)
-                delay = await pause(delay, self.stopping)
-        return None
+        try:
+            async for attempt in retrying(self.stopping, "connecting to PostgreSQL"):
+                with attempt:
+                    self.pool = await postgres.create_pool(self.settings.database_url)
+        except Exception as exc:
+            if transient(exc):
+                return None  # asked to stop while waiting for PostgreSQL
+            raise
+        return self.pool
 
     async def __aexit__(self, *exc: object) -> None:
         if self.pool is not None:
