@@ -8,6 +8,7 @@ work out which half of a batch went through.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from studbook_server.adapters.publish import (
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, caught_up, decode
 from studbook_server.domain.contract import Violation
-from studbook_server.writepath import Refused, Writer
+from studbook_server.writepath import OFFLOAD_BYTES, Refused, Writer
 
 
 class GatewayMetrics:
@@ -42,6 +43,11 @@ class GatewayMetrics:
         self.rejected = Counter(
             "studbook_events_rejected", "Events refused as invalid (422)", registry=registry
         )
+        self.refused = Counter(
+            "studbook_events_refused", "Events of requests refused for other reasons, by status "
+            "(403 scope, 409 conflicting event id, 413 too large, 503 unavailable)", ["status"],
+            registry=registry,
+        )  # fmt: skip
         self.publish_seconds = Histogram(
             "studbook_publish_seconds", "Time to publish an accepted request's events",
             registry=registry, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
@@ -147,14 +153,19 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
             f"request body exceeds {gw.settings.max_body_bytes} bytes: send smaller batches "
             "(STUDBOOK_MAX_BODY_BYTES sets the limit)",
         )
-    parsed = _parse(body, request.headers.get("content-type", ""))
+    content_type = request.headers.get("content-type", "")
+    if len(body) > OFFLOAD_BYTES:  # parsing megabytes would hold every other request
+        parsed = await asyncio.to_thread(_parse, body, content_type)
+    else:
+        parsed = _parse(body, content_type)
     if isinstance(parsed, Violation):
-        return _invalid(gw, [parsed], 1)
+        return _invalid(gw, Refused(422, "invalid", [parsed]), 1)
     started = time.perf_counter()
     outcome = await Writer(gw.settings, gw.pool, gw.publisher).submit(principal, parsed, raw=body)
     if isinstance(outcome, Refused):
         if outcome.status == 422 and outcome.violations:
-            return _invalid(gw, outcome.violations, len(parsed))
+            return _invalid(gw, outcome, len(parsed))
+        gw.metrics.refused.labels(str(outcome.status)).inc(len(parsed))
         return JSONResponse(outcome.body(), status_code=outcome.status)
     gw.metrics.publish_seconds.observe(time.perf_counter() - started)
     gw.metrics.accepted.inc(len(outcome.event_ids))
@@ -164,9 +175,6 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
     )
 
 
-def _invalid(gw: Gateway, violations: list[Violation], events: int) -> JSONResponse:
+def _invalid(gw: Gateway, refused: Refused, events: int) -> JSONResponse:
     gw.metrics.rejected.inc(events)
-    return JSONResponse(
-        {"errors": [{"index": v.index, "path": v.path, "message": v.message} for v in violations]},
-        status_code=422,
-    )
+    return JSONResponse(refused.body(), status_code=422)

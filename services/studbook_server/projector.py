@@ -48,6 +48,7 @@ class Stats:
     appended: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    conflicts: int = 0
     metric_points: int = 0
     retries: int = 0
 
@@ -64,6 +65,7 @@ class DeadLetter:
 class Decoded:
     incoming: list[Incoming] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    sources: dict[int, str] = field(default_factory=dict)  # id(incoming) -> where it came from
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -135,11 +137,20 @@ async def store_batch(
 ) -> None:
     """Append, project, dead-letter and record offsets: one transaction."""
     async with con.transaction():
-        stored = await postgres.append(con, decoded.incoming)
+        conflicts: list[postgres.Conflict] = []
+        stored = await postgres.append(con, decoded.incoming, conflicts)
         changes = await apply_batch(con, stored)
-        if decoded.dead:
+        # The same event id with another body: not a duplicate, a fact worth a dead letter.
+        dead = decoded.dead + [
+            DeadLetter(
+                c.incoming.event.event_id, decoded.sources.get(id(c.incoming), "kafka"), c.reason,
+                orjson.dumps(c.incoming.doc),
+            )
+            for c in conflicts
+        ]  # fmt: skip
+        if dead:
             await con.executemany(
-                _DEAD_LETTER, [(d.event_id, None, d.source, d.reason, d.raw) for d in decoded.dead]
+                _DEAD_LETTER, [(d.event_id, None, d.source, d.reason, d.raw) for d in dead]
             )
         if next_offsets:
             parts = sorted(next_offsets)
@@ -148,10 +159,11 @@ async def store_batch(
             )
     stats.batches += 1
     stats.appended += len(stored)
-    stats.duplicates += len(decoded.incoming) - len(stored)
-    stats.dead_letters += len(decoded.dead) + len(changes.rejected)
+    stats.duplicates += len(decoded.incoming) - len(stored) - len(conflicts)
+    stats.conflicts += len(conflicts)
+    stats.dead_letters += len(dead) + len(changes.rejected)
     stats.metric_points += len(changes.metric_points)
-    for d in decoded.dead:
+    for d in dead:
         log.warning("dead-lettered record %s: %s", d.source, d.reason)
 
 
@@ -276,6 +288,9 @@ class KafkaProjector:
                 decoded.dead.append(item)
             else:
                 decoded.incoming.append(item)
+                decoded.sources[id(item)] = (
+                    f"kafka:{self.settings.events_topic}/{partition}@{offset}"
+                )
             next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
         await store_batch(
             con, decoded, group_id=self.settings.consumer_group,

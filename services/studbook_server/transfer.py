@@ -120,7 +120,10 @@ async def import_events(
             # Project what the store already holds first, then the imported events, in the same
             # transaction as their append: the read models never skip or reorder an event.
             await catch_up(con)
-            stored = await postgres.append(con, chunk)
+            conflicts: list[postgres.Conflict] = []
+            stored = await postgres.append(con, chunk, conflicts)
+            if conflicts:
+                raise ImportError_(f"not imported: {conflicts[0].reason}")
             await apply_batch(con, stored)
             appended += len(stored)
         chunk.clear()

@@ -10,6 +10,7 @@ principal with each event. Nothing else writes events; nothing at all writes rea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from studbook_server import governance
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming, Pool
 from studbook_server.adapters.publish import (
+    PublishConflict,
     Publisher,
     PublishRefused,
     PublishTooLarge,
@@ -27,6 +29,13 @@ from studbook_server.auth import Principal
 from studbook_server.config import Settings
 from studbook_server.consistency import Token
 from studbook_server.domain.contract import InvalidEvent, Violation, event_from_dict
+
+# Bounds on one request, so no single request can hold the gateway: at most this many events
+# (the SDK sends at most 500), at most this many problems listed (then a count), and bodies past
+# this size are validated off the event loop, so other requests are answered meanwhile.
+MAX_EVENTS_PER_REQUEST = 10_000
+MAX_PROBLEMS_LISTED = 100
+OFFLOAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +49,15 @@ class Accepted:
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Nothing was handed over. ``status`` is the HTTP status that fits; ``violations`` name
-    the events and fields at fault when the refusal is about them."""
+    the events and fields at fault when the refusal is about them; ``conflicts`` the event ids
+    already taken by different events (409)."""
 
     status: int
     message: str
     violations: list[Violation] = field(default_factory=list)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    problems_not_listed: int = 0
+    events_not_checked: int = 0
 
     def body(self) -> dict[str, Any]:
         """The JSON body of Studbook's own API for this refusal."""
@@ -55,7 +68,30 @@ class Refused:
             out["errors"] = [
                 {"index": v.index, "path": v.path, "message": v.message} for v in self.violations
             ]
+        if self.problems_not_listed:
+            out["errors_not_listed"] = self.problems_not_listed
+        if self.events_not_checked:
+            out["events_not_checked"] = self.events_not_checked
+        if self.conflicts:
+            out["conflicts"] = self.conflicts
         return out
+
+
+def _conflicted(conflicts: Sequence[postgres.Conflict], incoming: Sequence[Incoming]) -> Refused:
+    where = {id(i): n for n, i in enumerate(incoming)}
+    return Refused(
+        409,
+        conflicts[0].reason,
+        conflicts=[
+            {
+                "index": where.get(id(c.incoming)),
+                "event_id": c.incoming.event.event_id,
+                "stored_digest": c.stored_digest,
+                "digest": c.digest,
+            }
+            for c in conflicts
+        ],
+    )
 
 
 def _nul_paths(node: Any, path: str = "") -> Iterator[str]:
@@ -72,6 +108,34 @@ def _nul_paths(node: Any, path: str = "") -> Iterator[str]:
             yield from _nul_paths(v, f"{path}/{i}")
 
 
+def validated(docs: Sequence[Any], raw: bytes | None = None) -> list[Incoming] | Refused:
+    """Every event checked against the contract (CPU only: safe to run in a thread)."""
+    violations: list[Violation] = []
+    incoming: list[Incoming] = []
+    for index, doc in enumerate(docs):
+        try:
+            incoming.append(Incoming(doc, event_from_dict(doc, index)))  # validates once
+        except InvalidEvent as exc:
+            violations.extend(exc.violations)
+        if len(violations) > MAX_PROBLEMS_LISTED:
+            break  # enough to fix the client; the rest are counted, not described
+    if violations:
+        shown = violations[:MAX_PROBLEMS_LISTED]
+        return Refused(
+            422, "invalid events", shown, problems_not_listed=len(violations) - len(shown),
+            events_not_checked=len(docs) - index - 1,
+        )  # fmt: skip
+    if raw is None or postgres.contains_nul(raw):
+        for index, doc in enumerate(docs):
+            for path in _nul_paths(doc):
+                violations.append(
+                    Violation(index, path, "must not contain a NUL character (\\u0000)")
+                )
+        if violations:
+            return Refused(422, "invalid events", violations[:MAX_PROBLEMS_LISTED])
+    return incoming
+
+
 @dataclass(slots=True)
 class Writer:
     settings: Settings
@@ -86,21 +150,19 @@ class Writer:
         skip a walk of every event when the body has none."""
         if not docs:
             return Refused(422, "no events in the request", [Violation(0, "", "no events")])
-        violations: list[Violation] = []
-        incoming: list[Incoming] = []
-        for index, doc in enumerate(docs):
-            try:
-                incoming.append(Incoming(doc, event_from_dict(doc, index)))  # validates once
-            except InvalidEvent as exc:
-                violations.extend(exc.violations)
-        if not violations and (raw is None or postgres.contains_nul(raw)):
-            for index, doc in enumerate(docs):
-                for path in _nul_paths(doc):
-                    violations.append(
-                        Violation(index, path, "must not contain a NUL character (\\u0000)")
-                    )
-        if violations:
-            return Refused(422, "invalid events", violations)
+        if len(docs) > MAX_EVENTS_PER_REQUEST:
+            return Refused(
+                413,
+                f"{len(docs)} events in one request; at most {MAX_EVENTS_PER_REQUEST}: send "
+                "smaller batches",
+            )
+        if raw is not None and len(raw) > OFFLOAD_BYTES:
+            checked = await asyncio.to_thread(validated, docs, raw)
+        else:
+            checked = validated(docs, raw)
+        if isinstance(checked, Refused):
+            return checked
+        incoming = checked
         forbidden = sorted({d["project"] for d in docs if not principal.may_access(d["project"])})
         if forbidden:
             return Refused(
@@ -112,12 +174,18 @@ class Writer:
         if problem is not None:
             # The event is named, so a client can tell this from a refused token.
             return Refused(403, problem.message, [problem])
+        # Early, for Kafka too: the same event id with another body is a conflict, not a retry.
+        conflicts = await postgres.find_conflicts(self.pool, incoming)
+        if conflicts:
+            return _conflicted(conflicts, incoming)
         try:
             token = await self.publisher.publish(incoming, principal)
+        except PublishConflict as exc:
+            return _conflicted(exc.conflicts, incoming)
         except PublishTooLarge as exc:
             return Refused(413, str(exc))
         except PublishRefused as exc:
             return Refused(422, str(exc))
         except PublishUnavailable as exc:
             return Refused(503, f"{exc}; retry later (re-sending is safe)")
-        return Accepted([i.event.event_id for i in incoming], token)
+        return Accepted(list(dict.fromkeys(i.event.event_id for i in incoming)), token)

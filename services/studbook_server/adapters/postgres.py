@@ -179,7 +179,49 @@ SELECT clock_timestamp() AS now,
        (SELECT chain_hash FROM public.events ORDER BY position DESC LIMIT 1) AS chain_hash
 """
 
-_EXISTING_IDS = "SELECT event_id::text FROM public.events WHERE event_id = ANY($1::uuid[])"
+_EXISTING = """
+SELECT event_id::text, type, schema_version, occurred_at, actor, project, subject, correlation_id,
+       causation_id, producer, payload, redacted IS NOT NULL OR redacted_by IS NOT NULL AS redacted
+FROM public.events WHERE event_id = ANY($1::uuid[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """An event whose id is already taken by a different event (stored, or earlier in the same
+    append): it is not stored; the caller refuses or dead-letters it."""
+
+    incoming: Incoming
+    stored_digest: str
+    digest: str
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"event id {self.incoming.event.event_id} is already taken by a different event "
+            f"(stored {self.stored_digest}, this one {self.digest}): an event id names one "
+            "event; send a new id for a new event"
+        )
+
+
+def body_digest(doc: dict[str, Any], event: Event) -> str:
+    """The digest of an event as sent (see :func:`chain.body_digest`)."""
+    return chain.body_digest(
+        type=event.type, schema_version=int(doc["schema_version"]),
+        occurred_at=event.occurred_at, actor=event.actor, project=event.project,
+        subject=event.subject, correlation_id=event.correlation_id,
+        causation_id=event.causation_id, producer=event.producer, payload=doc["payload"],
+    )  # fmt: skip
+
+
+def _stored_digest(row: asyncpg.Record) -> str:
+    return chain.body_digest(
+        type=row["type"], schema_version=row["schema_version"], occurred_at=row["occurred_at"],
+        actor=row["actor"], project=row["project"], subject=row["subject"],
+        correlation_id=row["correlation_id"], causation_id=row["causation_id"],
+        producer=row["producer"], payload=row["payload"],
+    )  # fmt: skip
+
 
 _SUBJECT_SEQS = """
 SELECT s.project, s.subject,
@@ -195,23 +237,60 @@ EVENT_COLUMNS = [
 ]  # fmt: skip
 
 
-async def append(con: Connection, incoming: Sequence[Incoming]) -> list[StoredEvent]:
+async def _taken(con: Connection | Pool, incoming: Sequence[Incoming]) -> dict[str, str | None]:
+    """Stored event ids among ``incoming``'s, each with the digest of the event holding it
+    (None: redacted, so any body of that id matches)."""
+    rows = await con.fetch(_EXISTING, [i.doc["event_id"] for i in incoming])
+    return {r["event_id"]: None if r["redacted"] else _stored_digest(r) for r in rows}
+
+
+def _split(
+    incoming: Sequence[Incoming], seen: dict[str, str | None], conflicts: list[Conflict] | None
+) -> list[Incoming]:
+    """The events not stored yet, once each; conflicts (same id, other body) into ``conflicts``."""
+    fresh: list[Incoming] = []
+    taken_here: dict[str, Incoming] = {}  # digests only when an id comes twice (rare)
+    for item in incoming:
+        eid = item.event.event_id.lower()
+        if eid not in seen and eid not in taken_here:
+            taken_here[eid] = item
+            fresh.append(item)
+            continue
+        if conflicts is None:
+            continue
+        first = taken_here.get(eid)
+        held = body_digest(first.doc, first.event) if first is not None else seen[eid]
+        if held is None:
+            continue  # redacted: its stored body no longer shows what was sent
+        digest = body_digest(item.doc, item.event)
+        if digest != held:
+            conflicts.append(Conflict(item, held, digest))
+    return fresh
+
+
+async def find_conflicts(con: Connection | Pool, incoming: Sequence[Incoming]) -> list[Conflict]:
+    """The conflicts :func:`append` would find now, without appending (a gateway's early answer;
+    only the append under the store lock is final)."""
+    conflicts: list[Conflict] = []
+    _split(incoming, await _taken(con, incoming), conflicts)
+    return conflicts
+
+
+async def append(
+    con: Connection, incoming: Sequence[Incoming], conflicts: list[Conflict] | None = None
+) -> list[StoredEvent]:
     """Append the events not stored yet (by event_id) to the store; return them as stored.
 
+    An event whose id is stored (or earlier in ``incoming``) with the same body is a duplicate
+    and skipped; with a different body it is a conflict: not stored, and added to ``conflicts``
+    (when given). A redacted stored event matches any body of its id (its payload changed).
     Must run inside a transaction: it takes the store lock, which is held until commit, so
     positions and the hash chain are assigned in commit order.
     """
     await store_lock(con)
     if not incoming:
         return []
-    ids = [i.doc["event_id"] for i in incoming]
-    seen = {r[0] for r in await con.fetch(_EXISTING_IDS, ids)}
-    fresh: list[Incoming] = []
-    for item in incoming:
-        eid = item.event.event_id.lower()
-        if eid not in seen:
-            seen.add(eid)
-            fresh.append(item)
+    fresh = _split(incoming, await _taken(con, incoming), conflicts)
     if not fresh:
         return []
     head = await con.fetchrow(_APPEND_HEAD)

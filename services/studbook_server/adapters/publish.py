@@ -36,6 +36,14 @@ class PublishRefused(StudbookError):
     """The event store refused an event as data (e.g. a value out of its column's range)."""
 
 
+class PublishConflict(StudbookError):
+    """An event id is already taken by a different event; nothing was stored."""
+
+    def __init__(self, conflicts: Sequence[postgres.Conflict]) -> None:
+        super().__init__("; ".join(c.reason for c in conflicts))
+        self.conflicts = list(conflicts)
+
+
 class Publisher(Protocol):
     async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
         """Hand over events sent by ``sender`` (the authenticated principal, recorded with
@@ -53,10 +61,17 @@ class StorePublisher:
 
     async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
         who = StoredPrincipal(sender.token_id, sender.name)
+        conflicts: list[postgres.Conflict] = []
         try:
             async with self.pool.acquire() as con, con.transaction():
-                stored = await postgres.append(con, [replace(i, principal=who) for i in events])
+                stored = await postgres.append(
+                    con, [replace(i, principal=who) for i in events], conflicts
+                )
+                if conflicts:
+                    raise PublishConflict(conflicts)  # rolls the whole request back
                 position = stored[-1].position if stored else await postgres.head_position(con)
+        except PublishConflict:
+            raise
         except Exception as exc:
             if postgres.failure_kind(exc) == "retry":
                 raise PublishUnavailable(f"the event store is unreachable: {exc}") from exc

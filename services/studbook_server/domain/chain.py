@@ -161,6 +161,36 @@ def content_hash_v2(
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).digest()
 
 
+def body_digest(
+    *,
+    type: str,
+    schema_version: int,
+    occurred_at: datetime,
+    actor: str,
+    project: str,
+    subject: str,
+    correlation_id: str | None,
+    causation_id: str | None,
+    producer: Any,
+    payload: Any,
+) -> str:
+    """What a client sent as an event, under its event id, as a digest: two sends of one
+    event id with different digests are a conflict, not a duplicate."""
+    doc = {
+        "type": type,
+        "schema_version": schema_version,
+        "occurred_at": canonical_time(occurred_at),
+        "actor": actor,
+        "project": project,
+        "subject": subject,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+        "producer": producer,
+        "payload": jsonb_normal(payload),
+    }
+    return "sha256:" + hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def link(previous: bytes, content: bytes) -> bytes:
     return hashlib.sha256(previous + content).digest()
 

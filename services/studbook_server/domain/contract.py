@@ -25,6 +25,7 @@ import orjson
 __all__ = [
     "CURRENT_VERSIONS",
     "EVENT_TYPES",
+    "MAX_DEPTH",
     "MAX_VIOLATIONS_PER_EVENT",
     "UPCASTERS",
     "Event",
@@ -74,6 +75,11 @@ EVENT_TYPES: tuple[str, ...] = tuple(CURRENT_VERSIONS)
 MAX_VIOLATIONS_PER_EVENT = 100
 
 # Fields the event store assigns; a client that sends them has misunderstood the protocol.
+# How deep objects and arrays may nest in a payload. Free-form values (params, labels, signatures)
+# rarely need more than a few levels; without a bound, a payload nested a few hundred levels
+# deep could not be stored or re-encoded at all (orjson encodes at most 254 levels).
+MAX_DEPTH = 32
+
 _STORE_FIELDS = frozenset({"recorded_at", "position"})
 
 
@@ -530,6 +536,24 @@ def _subject_violation(event: Mapping[str, Any], index: int) -> Violation | None
 
 
 def validate_event(raw: object, index: int = 0) -> list[Violation]:
+def _too_deep(root: object, limit: int = MAX_DEPTH) -> list[str] | None:
+    """The keys leading to the first container nested deeper than ``limit``, or None."""
+    stack: list[tuple[object, list[str]]] = [(root, [])]
+    while stack:
+        node, keys = stack.pop()
+        if len(keys) > limit:
+            return keys
+        if isinstance(node, dict):
+            stack.extend(
+                (v, [*keys, str(k)]) for k, v in node.items() if isinstance(v, dict | list)
+            )
+        elif isinstance(node, list):
+            stack.extend(
+                (v, [*keys, str(i)]) for i, v in enumerate(node) if isinstance(v, dict | list)
+            )
+    return None
+
+
     """Check one event (as parsed from JSON) against the contract; return [] when it is valid.
 
     The envelope is checked first; the payload is checked against ``<type>.v<schema_version>``
@@ -554,7 +578,13 @@ def validate_event(raw: object, index: int = 0) -> list[Violation]:
         return [Violation(index, "/schema_version", message)]
     payload = event["payload"]
     if event_type == "run.metrics.logged" and version == 1 and _metrics_v1_fast_ok(payload):
-        return []
+        return []  # a batch in the common shape is flat: no depth to check
+    deep = _too_deep(payload)
+    if deep is not None:
+        message = f"is nested more than {MAX_DEPTH} levels deep: flatten it"
+        return [
+            Violation(index, _pointer("/payload", deep), f"{_label('/payload', deep)} {message}")
+        ]
     try:
         _validator(f"{event_type}.v{version}")(payload)
     except fastjsonschema.JsonSchemaException as exc:
