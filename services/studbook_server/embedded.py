@@ -36,19 +36,23 @@ from studbook_server.locate import default_data_dir, server_folder
 def embedded_database(
     data_dir: Path | None, throwaway: bool, port: int
 ) -> Iterator[tuple[str, Path]]:
-    """A running local PostgreSQL; yields its URL and folder, and stops it on exit."""
+    """A running local PostgreSQL; yields its URL and folder, and stops it on exit.
+
+    One `up` per data folder: a second one is refused, and the PostgreSQL an `up` that died left
+    behind is stopped and started afresh (EmbeddedPostgres.run_alone says how).
+    """
     if throwaway:
         folder = Path(tempfile.mkdtemp(prefix="studbook-"))
         folder.chmod(0o755)  # the PostgreSQL user (as root: studbook-pg) must traverse it
     else:
-        folder = data_dir or default_data_dir()
-    pg = EmbeddedPostgres(server_folder(folder), port)
-    started = pg.start()  # False: another process runs this data folder's server; share it
+        # Absolute: the PostgreSQL tools run from /.
+        folder = (data_dir or default_data_dir()).absolute()
     try:
-        yield pg.url, folder
+        with EmbeddedPostgres(server_folder(folder), port).run_alone(
+            any_port=throwaway, say=lambda message: print(f"postgres: {message}", flush=True)
+        ) as pg:
+            yield pg.url, folder
     finally:
-        if started:
-            pg.stop()
         if throwaway:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -4,10 +4,16 @@ Used by `studbook-server up` (the embedded default, data kept across restarts) a
 stack (`scripts/stack`). `initdb` refuses to run as root, so as root the server runs as the
 unprivileged system user `studbook-pg`, and its binaries and data live in folders that user can
 reach (not under /root). See https://www.postgresql.org/docs/current/app-initdb.html.
+
+A port check here tells a listening server from a connection in TIME-WAIT: both make `bind` fail
+(a client socket's TIME-WAIT blocks even SO_REUSEADDR), but only the second clears by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import fcntl
 import importlib.util
 import os
 import pwd
@@ -15,7 +21,10 @@ import secrets
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studbook_server.errors import StudbookError
@@ -27,14 +36,134 @@ class EmbeddedPostgresError(StudbookError):
     """The local PostgreSQL could not be set up or started; the message says why."""
 
 
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+Say = Callable[[str], None]
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class PortUse(enum.Enum):
+    """Why a port cannot be bound, as /proc/net/tcp tells it (the value reads after "is")."""
+
+    FREE = "free"
+    LISTENER = "taken by a listening server"
+    TIME_WAIT = (
+        "held by a closed connection in TIME-WAIT, not by a server (the kernel frees it within "
+        "a minute)"
+    )
+    OTHER = "taken by another socket (a connection or a bound socket)"
+
+
+# Socket states in /proc/net/tcp (include/net/tcp_states.h): listening, and closing ones that end
+# by themselves: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, LAST_ACK, CLOSING.
+_LISTEN = "0A"
+_CLOSING = frozenset({"04", "05", "06", "09", "0B"})
+TIME_WAIT_SECONDS = 65.0  # Linux keeps TIME-WAIT for 60 s (TCP_TIMEWAIT_LEN)
+
+
+def _socket_states(port: int) -> set[str]:
+    states = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl, local address:port (hex), remote address:port, state, ...
+            if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states.add(fields[3])
+    return states
+
+
+def port_use(port: int, host: str = "127.0.0.1") -> PortUse:
+    """Whether a server could listen on ``port`` now, and if not, what holds it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
-            return True
-    return False
+            pass
+        else:
+            return PortUse.FREE
+    states = _socket_states(port)
+    if _LISTEN in states:
+        return PortUse.LISTENER
+    if states and states <= _CLOSING:
+        return PortUse.TIME_WAIT
+    return PortUse.OTHER
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    return port_use(port, host) is not PortUse.FREE
+
+
+def ephemeral_ports() -> range | None:
+    """The kernel's range of local ports for outgoing connections, where known (Linux)."""
+    try:
+        low, high = (
+            int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        )
+    except (OSError, ValueError):
+        return None
+    return range(low, high + 1)
+
+
+def port_taken(port: int, use: PortUse, hint: str) -> str:
+    """The message for a port a server cannot listen on, ending with what to do (``hint``)."""
+    text = f"port {port} on 127.0.0.1 is {use.value}"
+    ephemeral = ephemeral_ports()
+    if ephemeral is not None and port in ephemeral:
+        # A client socket takes its local port from this range, and one connecting to a port
+        # nobody listens on can even connect to itself.
+        text += (
+            f"; the port lies in the kernel's range for outgoing connections "
+            f"({ephemeral.start}-{ephemeral.stop - 1}), so prefer one below {ephemeral.start}"
+        )
+    return f"{text}: {hint}"
+
+
+def wait_until_free(
+    port: int, *, timeout: float = TIME_WAIT_SECONDS, say: Say = _to_stderr
+) -> PortUse:
+    """The port's use once it is free, or held by anything but TIME-WAIT, or ``timeout`` passed."""
+    use = port_use(port)
+    if use is PortUse.TIME_WAIT:
+        say(f"port {port} on 127.0.0.1 is {use.value}: waiting up to {timeout:.0f} s")
+    deadline = time.monotonic() + timeout
+    while use is PortUse.TIME_WAIT and time.monotonic() < deadline:
+        time.sleep(0.5)
+        use = port_use(port)
+    return use
+
+
+def free_port(near: int) -> int:
+    """A port a server can listen on: the first free one above ``near`` (up to 100 further, and
+    below the ephemeral range when ``near`` is), else one the kernel picks."""
+    ephemeral = ephemeral_ports()
+    end = near + 100
+    if ephemeral is not None and near < ephemeral.start:
+        end = min(end, ephemeral.start)
+    for port in range(near + 1, min(end, 65536)):
+        if port_use(port) is PortUse.FREE:
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        chosen: int = s.getsockname()[1]
+    return chosen
+
+
+class PortTaken(EmbeddedPostgresError):
+    """The server's port is taken; ``use`` says by what."""
+
+    def __init__(self, port: int, use: PortUse, hint: str) -> None:
+        super().__init__(port_taken(port, use, hint))
+        self.port = port
+        self.use = use
+
+
+class FolderInUse(EmbeddedPostgresError):
+    """Another live `up` runs the server of this folder."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -71,6 +200,9 @@ class Postmaster:
     port: int
     status: str  # "starting", "ready", "standby" or "stopping"
 
+    def __str__(self) -> str:
+        return f"pid {self.pid}" + (f", port {self.port}" if self.port else "") + f", {self.status}"
+
 
 def read_postmaster(data: Path) -> Postmaster | None:
     """The server running on ``data``, or None; an unreadable file raises its OSError."""
@@ -82,8 +214,8 @@ def read_postmaster(data: Path) -> Postmaster | None:
         pid = int(lines[0])
     except (IndexError, ValueError):
         return None
-    if not pid_alive(pid):
-        return None  # left behind by a server that was killed
+    if not pid_alive(pid) or not _serves(pid, data):
+        return None  # left behind by a server that was killed (its pid gone or reused)
     try:
         port = int(lines[3])
     except (IndexError, ValueError):  # the server is still writing the file
@@ -91,6 +223,21 @@ def read_postmaster(data: Path) -> Postmaster | None:
     # The status line comes last, once the server has set up its shared memory.
     status = lines[7].strip() if len(lines) > 7 else "starting"
     return Postmaster(pid, port, status)
+
+
+def _serves(pid: int, data: Path) -> bool:
+    """Whether ``pid`` is a server on ``data``, not a process that got a dead server's pid (as
+    after a container restart): a postmaster works in its data folder."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == data.resolve()
+    except PermissionError:  # another user's process: its command line is readable
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            return True
+        return os.path.basename(program) in (b"postgres", b"postmaster")
+    except OSError:  # no /proc: trust the pid
+        return True
 
 
 def binaries() -> Path:
@@ -199,17 +346,24 @@ class EmbeddedPostgres:
         return f"postgresql://postgres:{self.password()}@127.0.0.1:{self.port}/postgres"
 
     def running(self) -> int | None:
-        return read_pid(self.data / "postmaster.pid")
+        try:
+            server = read_postmaster(self.data)
+        except OSError:  # e.g. another user's data folder
+            return None
+        return server.pid if server else None
 
-    def start(self) -> bool:
-        """Start the server (creating it on first use); False if it was already running."""
+    def start(
+        self, *, say: Say = _to_stderr, port_hint: str = "stop it or choose another port"
+    ) -> bool:
+        """Start the server (creating it on first use); False if it was already running.
+
+        A port held by TIME-WAIT is waited for; one held otherwise raises PortTaken.
+        """
         if self.running():
             return False
-        if port_in_use(self.port):
-            raise EmbeddedPostgresError(
-                f"port {self.port} on 127.0.0.1 is taken by another process: stop it or choose "
-                "another port"
-            )
+        use = wait_until_free(self.port, say=say)
+        if use is not PortUse.FREE:
+            raise PortTaken(self.port, use, port_hint)
         install = binaries()
         who = server_user()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -267,3 +421,70 @@ class EmbeddedPostgres:
         if proc.returncode != 0:
             raise EmbeddedPostgresError(f"pg_ctl stop failed:\n{proc.stdout}{proc.stderr}")
         return True
+
+    @contextlib.contextmanager
+    def run_alone(
+        self, *, any_port: bool = False, say: Say = _to_stderr
+    ) -> Iterator[EmbeddedPostgres]:
+        """Start the server for this process alone, yield it, and stop it when the block ends.
+
+        This is how `studbook-server up` runs its server. It holds an exclusive lock on `up.lock`
+        in the folder while it runs; the kernel releases the lock however the process ends,
+        SIGKILL included. So:
+
+        - a live holder means another `up` runs on this folder: FolderInUse (sharing would let
+          the first to exit stop the server under the other);
+        - a server running while nobody holds the lock was left behind by an `up` that died
+          (or started by hand): it is stopped (fast shutdown, which checkpoints) and a new one
+          started, on this port. Adopting it would keep whatever port and settings it was
+          started with, and connections of the dead process it may still be serving.
+
+        With ``any_port`` (throwaway databases) a taken port is replaced by a free one; without
+        it a taken port raises PortTaken saying what to do.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = self.folder / "up.lock"
+        # Not inherited (PEP 446) by the server or any other child, so it dies with this process.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise FolderInUse(
+                    f"another `studbook-server up` (pid {holder}) runs the PostgreSQL in "
+                    f"{self.folder}: use that one, or stop it first (`kill {holder}`; if it does "
+                    f"not exit, `kill -9 {holder}`, and the next `up` stops the server it leaves), "
+                    "or start this one with another --data-dir or with --throwaway"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                orphan = read_postmaster(self.data)
+            except OSError as exc:
+                raise EmbeddedPostgresError(
+                    f"cannot read {exc.filename}: run `up` as the user who created {self.folder}"
+                ) from exc
+            if orphan is not None:
+                say(
+                    f"stopping the PostgreSQL ({orphan}) left running on {self.folder} by an "
+                    "earlier `up` that died"
+                )
+                self.stop()
+            pg = self
+            if any_port and port_use(self.port) is not PortUse.FREE:
+                pg = replace(self, port=free_port(self.port))
+                say(f"port {self.port} is taken: the throwaway PostgreSQL uses port {pg.port}")
+            pg.start(
+                say=say,
+                port_hint=(
+                    f"stop it, or start `up` with another --pg-port (e.g. {free_port(self.port)}), "
+                    "or with --throwaway for a temporary database on a free port"
+                ),
+            )
+            try:
+                yield pg
+            finally:
+                pg.stop()
+        finally:
+            os.close(fd)
