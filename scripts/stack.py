@@ -13,6 +13,12 @@ unprivileged system user (`studbook-pg`) with its data under the stack folder.
 Settings (environment): STUDBOOK_STACK_DIR (default /tmp/studbook-stack), STUDBOOK_STACK_KAFKA_PORT
 (19092), STUDBOOK_STACK_KAFKA_CONTROLLER_PORT (19093), STUDBOOK_STACK_PG_PORT (15432),
 STUDBOOK_KAFKA_VERSION (4.1.1), STUDBOOK_CACHE_DIR (default ~/.cache/studbook).
+
+The default ports lie below Linux's range for outgoing connections' local ports (32768-60999 by
+default, /proc/sys/net/ipv4/ip_local_port_range): a port inside it can be held by a client socket,
+even one that connected to itself while the service was down. `up` warns about a configured port
+inside the range, waits for a port held only by a closed connection in TIME-WAIT (a minute at
+most), and refuses a port a server listens on.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ from pathlib import Path
 from studbook_server.embedded_pg import (
     EmbeddedPostgres,
     EmbeddedPostgresError,
+    PortUse,
+    ephemeral_ports,
     pid_alive,
-    port_in_use,
+    port_taken,
     read_pid,
+    wait_until_free,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +80,14 @@ class Settings:
             controller_port=int(env.get("STUDBOOK_STACK_KAFKA_CONTROLLER_PORT", "19093")),
             pg_port=int(env.get("STUDBOOK_STACK_PG_PORT", "15432")),
         )
+
+    def ports(self) -> dict[str, int]:
+        """Each port with the setting that chooses it."""
+        return {
+            "STUDBOOK_STACK_KAFKA_PORT": self.kafka_port,
+            "STUDBOOK_STACK_KAFKA_CONTROLLER_PORT": self.controller_port,
+            "STUDBOOK_STACK_PG_PORT": self.pg_port,
+        }
 
     @property
     def kafka_dir(self) -> Path:
@@ -219,12 +236,11 @@ def kafka_up(s: Settings) -> None:
     java = require(
         "java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
     )
-    for port in (s.kafka_port, s.controller_port):
-        if port_in_use(port):
-            raise StackError(
-                f"port {port} on 127.0.0.1 is taken by another process; stop it or choose other "
-                "ports with STUDBOOK_STACK_KAFKA_PORT / STUDBOOK_STACK_KAFKA_CONTROLLER_PORT"
-            )
+    for setting in ("STUDBOOK_STACK_KAFKA_PORT", "STUDBOOK_STACK_KAFKA_CONTROLLER_PORT"):
+        port = s.ports()[setting]
+        use = wait_until_free(port, say=log)
+        if use is not PortUse.FREE:
+            raise StackError(port_taken(port, use, f"stop it or choose another with {setting}"))
     jars = kafka_jars(s)
     s.kafka_dir.mkdir(parents=True, exist_ok=True)
     props = s.kafka_dir / "server.properties"
@@ -293,7 +309,9 @@ def pg_up(s: Settings) -> None:
     s.stack_dir.mkdir(parents=True, exist_ok=True)
     s.stack_dir.chmod(0o755)
     try:
-        started = pg.start()
+        started = pg.start(
+            say=log, port_hint="stop it or choose another with STUDBOOK_STACK_PG_PORT"
+        )
     except EmbeddedPostgresError as exc:
         raise StackError(str(exc)) from exc
     state = "ready" if started else "already running"
@@ -309,6 +327,19 @@ def pg_down(s: Settings) -> None:
 
 
 # -------------------------------------------------------------------------------------- CLI
+
+
+def warn_about_ephemeral_ports(s: Settings) -> None:
+    ephemeral = ephemeral_ports()
+    if ephemeral is None:
+        return
+    for setting, port in s.ports().items():
+        if port in ephemeral:
+            log(
+                f"warning: {setting}={port} lies in the kernel's range for outgoing connections "
+                f"({ephemeral.start}-{ephemeral.stop - 1}), where a client socket can take it "
+                f"while the service is down; prefer a port below {ephemeral.start}"
+            )
 
 
 def env_lines(s: Settings) -> str:
@@ -334,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings.from_env()
     try:
         if args.cmd == "up":
+            warn_about_ephemeral_ports(s)
             s.stack_dir.mkdir(parents=True, exist_ok=True)
             pg_up(s)
             kafka_up(s)
