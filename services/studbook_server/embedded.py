@@ -30,6 +30,7 @@ from studbook_server.adapters import postgres
 from studbook_server.config import Settings, load_settings
 from studbook_server.embedded_pg import EmbeddedPostgres
 from studbook_server.locate import default_data_dir, server_folder
+from studbook_server.ui import SignInCodes
 
 
 @contextlib.contextmanager
@@ -176,9 +177,14 @@ def run_up(
             else "embedded: the event store is the transport"
         )
         base = f"http://{host}:{port}"
+        # The web UI's one-time sign-in link (studbook_server/ui): the code is in the fragment.
+        sign_in = SignInCodes()
+        ui = f"{base}/#signin={sign_in.issue(token)}" if token else f"{base}/"
         print(
             f"Studbook ({mode}; data: {where})\n"
-            f"  graphql:   {base}/graphql   (GraphiQL in a browser; send the token as a bearer)\n"
+            f"  web UI:    {ui}"
+            + ("   (sign-in link: works once, for 15 minutes)\n" if token else "\n")
+            + f"  graphql:   {base}/graphql   (GraphiQL in a browser; send the token as a bearer)\n"
             f"  events:    POST {base}/v1/events\n"
             f"  health:    {base}/healthz   {base}/readyz   metrics: {base}/metrics\n"
             + (
@@ -205,7 +211,7 @@ def run_up(
         # SystemExit lets the `with` block stop the embedded PostgreSQL instead of orphaning it.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
-            return serve_app("up", settings, host=host, port=port)
+            return serve_app("up", settings, host=host, port=port, sign_in=sign_in)
         except SystemExit:
             return 0
     return 0  # pragma: no cover - the with block returns

@@ -1,7 +1,7 @@
 """The HTTP side: one Starlette app per role, composed here.
 
 - `ingest`: the gateway (`/v1/events`, `/v1/consistency`), publishing to Kafka.
-- `api`: the GraphQL API.
+- `api`: the GraphQL API, and OpenLineage in (`POST /api/v1/lineage`, studbook_server/openlineage).
 - `up`: everything in one process on the embedded default: the gateway appends to the event store,
   a background tailer projects it, and the API reads it (no Kafka).
 
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from studbook_server import ingest
+from studbook_server import ingest, openlineage
 from studbook_server.adapters import postgres
 from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePublisher
 from studbook_server.config import Settings, load_settings
@@ -31,6 +31,7 @@ from studbook_server.domain import attestation
 from studbook_server.errors import ConfigError
 from studbook_server.graphql import ApiDeps, graphql_routes
 from studbook_server.projector import KafkaProjector, StoreTailer
+from studbook_server.ui import SignInCodes, ui_routes
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def _report_death(task: asyncio.Task[None]) -> None:
         )
 
 
-def build_app(role: str, settings: Settings) -> Starlette:
-    """The HTTP app for ``role`` (see the module docstring)."""
+def build_app(role: str, settings: Settings, *, sign_in: SignInCodes | None = None) -> Starlette:
+    """The HTTP app for ``role`` (see the module docstring); ``sign_in``: the one-time codes of
+    the sign-in link `up` prints (the web UI's `POST /ui/signin`)."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     if role == "ingest" and settings.embedded:
@@ -157,6 +159,8 @@ def build_app(role: str, settings: Settings) -> Starlette:
         routes += ingest.routes(current_gateway)
     if role in ("api", "up"):
         routes += graphql_routes(current_api_deps)
+        routes += openlineage.routes(current_api_deps)  # POST /api/v1/lineage (docs/openlineage.md)
+        routes += ui_routes(sign_in)  # the web UI at `/` (studbook_server/ui)
     return Starlette(routes=routes, lifespan=lifespan)
 
 
@@ -164,11 +168,16 @@ def serve(role: str, *, host: str, port: int) -> int:
     return serve_app(role, load_settings(), host=host, port=port)
 
 
-def serve_app(role: str, settings: Settings, *, host: str, port: int) -> int:
+def serve_app(
+    role: str, settings: Settings, *, host: str, port: int, sign_in: SignInCodes | None = None
+) -> int:
     import uvicorn
 
     logging.basicConfig(level=settings.log_level)
     uvicorn.run(
-        build_app(role, settings), host=host, port=port, log_level=settings.log_level.lower()
+        build_app(role, settings, sign_in=sign_in),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
     )
     return 0

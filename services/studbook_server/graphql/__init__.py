@@ -75,6 +75,12 @@ class _App(GraphQL[Context, None]):
     ) -> Context:
         return Context(self._current(), request, response, self._timeout)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # strawberry's own page loads GraphiQL from a CDN; this one is in the package's bundle.
+        from studbook_server.ui import graphiql_page
+
+        return graphiql_page()
+
 
 def graphql_routes(
     current: Callable[[], ApiDeps],
