@@ -24,6 +24,7 @@ from studbook_server.graphql import _typed as typed
 from studbook_server.graphql._audit import AuditFilter, Event, UnapprovedPromotion
 from studbook_server.graphql._compare import ModelVersionComparison, RunComparison
 from studbook_server.graphql._context import Context, Info
+from studbook_server.graphql._cost import QueryCostLimiter
 from studbook_server.graphql._errors import should_mask
 from studbook_server.graphql._ids import cursor, parse, uncursor
 from studbook_server.graphql._lineage import Impact, Lineage, LineageDirection, NodeType
@@ -341,6 +342,17 @@ _LIMITS: list[type[ASTValidationRule]] = [
 ]
 
 
+class _ValidationCacheAfterCost(ValidationCache):
+    """Validation (cached) only for documents the cost check let through: strawberry's cache
+    would validate, and overwrite the refusal, anyway."""
+
+    def on_validate(self) -> Iterator[None]:
+        if self.execution_context.pre_execution_errors:
+            yield
+            return
+        yield from super().on_validate()
+
+
 def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
@@ -352,7 +364,9 @@ def build_schema() -> strawberry.Schema:
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             lambda: MaskErrors(should_mask_error=should_mask),
             lambda: ParserCache(maxsize=256),
-            lambda: ValidationCache(maxsize=256),
+            # Before validation (and its cache): a fan-out of fragments would explode it.
+            QueryCostLimiter,
+            lambda: _ValidationCacheAfterCost(maxsize=256),
             _RequestExtensions,
         ],
     )
