@@ -17,12 +17,13 @@ destination is unreachable, so nothing is lost. ::
 Configuration: :func:`init` (or ``STUDBOOK_URL``, ``STUDBOOK_PROJECT``, ``STUDBOOK_TOKEN``,
 ``STUDBOOK_ACTOR``, ``STUDBOOK_EVENTS_TOPIC``, ``STUDBOOK_SPOOL_DIR``).
 
-Recording: :func:`dataset_version` returns a :class:`DatasetVersion`; :func:`start_run`
-returns a :class:`Run`, whose :meth:`Run.register_model` returns a :class:`ModelVersion`;
-:func:`set_alias`, :func:`remove_alias`, :func:`approve`, :func:`reject`, :func:`deploy`,
-:func:`undeploy` act on model versions by number; :func:`annotate` attaches a note;
-:func:`register_model` registers a version from a finished run; :func:`backdate` records
-history that happened earlier (imports, demos).
+Recording: :func:`dataset_version` returns a :class:`DatasetVersion` (:func:`dataset_name` is
+the name a dataset gets from its uri, the one OpenLineage pipelines writing there report);
+:func:`start_run` returns a :class:`Run`, whose :meth:`Run.register_model` returns a
+:class:`ModelVersion`; :func:`set_alias`, :func:`remove_alias`, :func:`approve`,
+:func:`reject`, :func:`deploy`, :func:`undeploy` act on model versions by number;
+:func:`annotate` attaches a note; :func:`register_model` registers a version from a finished
+run; :func:`backdate` records history that happened earlier (imports, demos).
 
 Delivery: :func:`flush`, :func:`shutdown` (also at interpreter exit),
 :func:`last_consistency_token`.
@@ -60,6 +61,7 @@ from studbook._api import (
 )
 from studbook._errors import ConfigError, EventRejected, StudbookError, TransportError
 from studbook._models import DatasetVersion, ModelVersion
+from studbook._naming import dataset_name
 from studbook._run import Run
 from studbook._version import __version__
 
@@ -75,6 +77,7 @@ __all__ = [
     "annotate",
     "approve",
     "backdate",
+    "dataset_name",
     "dataset_version",
     "deploy",
     "flush",

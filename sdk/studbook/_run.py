@@ -31,8 +31,10 @@ from studbook._events import (
     check_id,
     check_key,
     check_name,
+    check_text,
 )
 from studbook._models import DatasetVersion, ModelVersion
+from studbook._naming import dataset_name
 
 if TYPE_CHECKING:
     from studbook._config import Config
@@ -333,15 +335,35 @@ class Run:
         return event_id
 
     def use(
-        self, dataset_version: DatasetVersion | tuple[str, str] | str, role: str = "train"
+        self,
+        dataset_version: DatasetVersion | tuple[str, str] | str | None = None,
+        role: str = "train",
+        *,
+        uri: str | None = None,
     ) -> None:
         """Record that the run reads a dataset version (``run.input.used``).
 
         ``role`` is one of ``train``, ``validation``, ``test``, ``evaluation``, ``other``.
+        With ``uri`` instead of a version, the run reads the data at that uri as it is
+        (``dataset.read``): the dataset the uri names (:func:`studbook.dataset_name`) at the
+        latest version the registry knows when it stores the event, e.g. the version the last
+        pipeline run writing there reported through OpenLineage.
         """
-        dataset, version = dataset_ref(dataset_version)
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(sorted(ROLES))}, got {role!r}")
+        if uri is not None:
+            if dataset_version is not None:
+                raise TypeError("use() takes a dataset version or a uri, not both")
+            check_text(uri, "uri", max_length=2048, allow_empty=False)
+            if self._finished:
+                raise StudbookError(f"run {self.name!r} ({self.id}) has finished; start a new run")
+            payload = {"run": self.id, "uri": uri, "role": role}
+            self._client.emit("dataset.read", f"dataset:{dataset_name(uri)}", payload)
+            self._client.raise_refused()
+            return
+        if dataset_version is None:
+            raise TypeError("use() needs a dataset version or a uri")
+        dataset, version = dataset_ref(dataset_version)
         self._emit("run.input.used", {"dataset": dataset, "version": version, "role": role})
 
     def log_params(self, params: Mapping[str, object]) -> None:
