@@ -9,6 +9,7 @@ does not retry), 503 when the transport is down (the client retries).
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,10 +23,14 @@ from studbook_server import auth
 from studbook_server.domain.contract import Violation
 from studbook_server.graphql import ApiDeps
 from studbook_server.openlineage import _spec
-from studbook_server.openlineage._mapping import MappingError, map_event, resolve_project
+from studbook_server.openlineage._mapping import Mapped, MappingError, map_event, resolve_project
 from studbook_server.writepath import Refused, Writer
 
 PATH = "/api/v1/lineage"
+# Bodies larger than this are parsed, checked and mapped in a worker thread.
+OFF_LOOP_BYTES = 64 * 1024
+# How long a client should wait before retrying a 503.
+RETRY_AFTER_S = 5
 
 
 class _TooLarge(Exception):
@@ -80,7 +85,8 @@ def _problems(status: int, message: str, violations: Sequence[Violation] = ()) -
     body: dict[str, Any] = {"error": message}
     if violations:
         body["errors"] = [{"path": v.path, "message": v.message} for v in violations]
-    return JSONResponse(body, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _requested_project(request: Request, principal: auth.Principal) -> str | None:
@@ -92,6 +98,31 @@ def _requested_project(request: Request, principal: auth.Principal) -> str | Non
     if len(projects) == 1 and "*" not in projects:
         return next(iter(projects))
     return None
+
+
+def _prepare(body: bytes, principal: auth.Principal, requested: str | None) -> Mapped | Response:
+    """The Studbook events for a request body, or the answer that refuses it (CPU only)."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _problems(400, f"the body is not valid JSON: {exc}")
+    violations = _spec.violations(event)
+    if violations:
+        return _problems(400, "not a valid OpenLineage event", violations)
+    kind = _spec.kind_of(event)
+    try:
+        project = resolve_project(event, kind, requested)
+        if not principal.may_access(project):
+            where = "the request" if kind == "DatasetEvent" else "its job namespace"
+            return _problems(
+                403,
+                f"token `{principal.name}` may not write to project `{project}`, which {where} "
+                "names: set the namespace to a project the token may write to, or use a token "
+                "for this project",
+            )
+        return map_event(event, kind, project)
+    except MappingError as exc:
+        return _problems(exc.status, "the event cannot be recorded", exc.violations)
 
 
 async def post_lineage(deps: ApiDeps, request: Request) -> Response:
@@ -124,28 +155,15 @@ async def post_lineage(deps: ApiDeps, request: Request) -> Response:
         )
     except _BadGzip as exc:
         return _problems(400, f"the body is not valid gzip: {exc}")
-    try:
-        event = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return _problems(400, f"the body is not valid JSON: {exc}")
-    violations = _spec.violations(event)
-    if violations:
-        return _problems(400, "not a valid OpenLineage event", violations)
-    kind = _spec.kind_of(event)
-    try:
-        project = resolve_project(event, kind, _requested_project(request, principal))
-        if not principal.may_access(project):
-            where = "the request" if kind == "DatasetEvent" else "its job namespace"
-            return _problems(
-                403,
-                f"token `{principal.name}` may not write to project `{project}`, which {where} "
-                "names: set the namespace to a project the token may write to, or use a token "
-                "for this project",
-            )
-        mapped = map_event(event, kind, project)
-    except MappingError as exc:
-        return _problems(exc.status, "the event cannot be recorded", exc.violations)
-    outcome = await Writer(settings, deps.pool, deps.publisher).submit(principal, mapped.docs)
+    requested = _requested_project(request, principal)
+    # A large event takes a while to parse, check and map: off the event loop, then.
+    if len(body) > OFF_LOOP_BYTES:
+        prepared = await asyncio.to_thread(_prepare, body, principal, requested)
+    else:
+        prepared = _prepare(body, principal, requested)
+    if isinstance(prepared, Response):
+        return prepared
+    outcome = await Writer(settings, deps.pool, deps.publisher).submit(principal, prepared.docs)
     if isinstance(outcome, Refused):
         if outcome.status == 422:
             # The event is valid OpenLineage, but what it maps to is not a valid Studbook event:

@@ -33,8 +33,12 @@ import orjson
 from studbook._naming import dataset_name, openlineage_uri
 from studbook_server.domain.contract import TIME_RANGE, Violation, in_time_range
 
-# Every id this module makes is a UUIDv5 in this namespace.
+# Every id this module makes is a UUIDv5 in this namespace, of the mapping's version and the
+# event's key. Bump MAPPING_VERSION when an event maps to other Studbook events than before: a
+# producer re-sending an old event then gets new ids (stored anew), not a conflict (409) with
+# the events the old mapping stored under the same ids.
 ID_NAMESPACE = uuid.UUID("6f1c2a8e-3b4d-5e6f-8a9b-0c1d2e3f4a5b")
+MAPPING_VERSION = "1"
 PRODUCER = {"name": "studbook-openlineage"}
 
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -331,7 +335,7 @@ def body_digest(event: Mapping[str, Any]) -> str:
 
 
 def _id(*parts: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, "|".join(parts)))
+    return str(uuid.uuid5(ID_NAMESPACE, "|".join((MAPPING_VERSION, *parts))))
 
 
 def map_event(event: Mapping[str, Any], kind: str, project: str) -> Mapped:
