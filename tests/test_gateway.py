@@ -189,7 +189,8 @@ async def test_up_with_kafka_configured_publishes_and_projects_in_one_process(
         else:
             raise AssertionError("the projector inside `up` never consumed the events")
         ready = client.get("/readyz").json()
-        assert ready["checks"] == {"postgres": "ok", "kafka": "ok"}
+        assert ready["checks"] == {"postgres": "ok", "kafka": "ok", "projector": "ok"}
+        assert ready["projector_lag"] == 0  # it consumed everything
         answer = client.post(
             "/graphql", json={"query": '{ run(id: "churn/run:both") { status } }'}
         ).json()

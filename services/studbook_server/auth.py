@@ -15,12 +15,21 @@ from datetime import datetime
 
 import asyncpg
 
-from studbook_server.adapters.postgres import Connection, Pool
+from studbook_server.adapters.postgres import Connection, Pool, failure_kind
+from studbook_server.errors import StudbookError
 
 SCOPES = ("read", "write", "approve", "admin")
 # Event types that record a governance decision: sending one needs the `approve` scope.
 GOVERNANCE_TYPES = frozenset({"model.version.approved", "model.version.rejected"})
 PREFIX = "sbk_"
+# A token lookup that PostgreSQL does not answer in time is a 503, not a hung request.
+LOOKUP_TIMEOUT_S = 5.0
+
+
+class AuthUnavailable(StudbookError):
+    """The token could not be checked (PostgreSQL unreachable): the caller answers 503."""
+
+
 MAX_NAME = 200
 
 
@@ -129,9 +138,16 @@ async def authenticate(pool: Pool, header: str | None) -> Principal | None:
             "SELECT token_id, name, scopes, projects FROM public.api_tokens "
             "WHERE token_hash = $1 AND revoked_at IS NULL",
             hash_token(token.strip()),
+            timeout=LOOKUP_TIMEOUT_S,
         )
     except asyncpg.UndefinedTableError:  # pragma: no cover - migrations run at start-up
         return None
+    except Exception as exc:
+        if failure_kind(exc) == "retry":
+            raise AuthUnavailable(
+                "cannot check the token: PostgreSQL is unreachable; retry later"
+            ) from exc
+        raise
     if row is None:
         return None
     return Principal(

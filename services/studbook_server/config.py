@@ -23,6 +23,12 @@ class Settings:
     # Ed25519 private key that signs seals of the event store's head, and the seal log.
     seal_key: str = ""
     seal_log: str = ""
+    # Bounds that keep one request or query from holding a service (docs/reliability.md).
+    query_timeout_ms: int = 10_000
+    publish_timeout_s: float = 10.0
+    graphql_max_body_bytes: int = 1024 * 1024
+    # `studbook-server projector` serves Prometheus metrics on this port (0: none).
+    metrics_port: int = 0
 
     @property
     def embedded(self) -> bool:
@@ -50,4 +56,8 @@ def load_settings(env_file: str | None = None) -> Settings:
         ),
         seal_key=config("SEAL_KEY", cast=str, default=""),
         seal_log=config("SEAL_LOG", cast=str, default=""),
+        query_timeout_ms=config("QUERY_TIMEOUT_MS", cast=int, default=10_000),
+        publish_timeout_s=config("PUBLISH_TIMEOUT_S", cast=float, default=10.0),
+        graphql_max_body_bytes=config("GRAPHQL_MAX_BODY_BYTES", cast=int, default=1024 * 1024),
+        metrics_port=config("METRICS_PORT", cast=int, default=0),
     )

@@ -23,14 +23,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from studbook_server import ingest, openlineage
+from studbook_server import auth, ingest, openlineage
 from studbook_server.adapters import postgres
 from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePublisher
 from studbook_server.config import Settings, load_settings
 from studbook_server.domain import attestation
 from studbook_server.errors import ConfigError
 from studbook_server.graphql import ApiDeps, graphql_routes
-from studbook_server.projector import KafkaProjector, StoreTailer
+from studbook_server.projector import KafkaProjector, ProjectorMetrics, StoreTailer
 from studbook_server.ui import SignInCodes, ui_routes
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class _Running:
     publisher: Publisher | None = None
     gateway: ingest.Gateway | None = None
     api: ApiDeps | None = None
+    projector: StoreTailer | KafkaProjector | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -67,12 +68,21 @@ def build_app(role: str, settings: Settings, *, sign_in: SignInCodes | None = No
         )
     registry = CollectorRegistry()
     metrics = ingest.GatewayMetrics(registry)
+    projector_metrics = ProjectorMetrics(registry) if role == "up" else None
     running = _Running()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Writes (gateway, projector, token checks of the gateway) and queries get their own
+        # pools, so a burst of expensive queries cannot starve ingest; queries have a
+        # statement timeout.
         pool = await postgres.create_pool(settings.database_url)
         running.pool = pool
+        query_pool = pool
+        if role in ("api", "up"):
+            query_pool = await postgres.create_pool(
+                settings.database_url, statement_timeout_ms=settings.query_timeout_ms
+            )
         projector: StoreTailer | KafkaProjector | None = None
         kafka: KafkaPublisher | None = None
         try:
@@ -86,19 +96,23 @@ def build_app(role: str, settings: Settings, *, sign_in: SignInCodes | None = No
                 else:
                     assert settings.kafka_bootstrap is not None
                     kafka = KafkaPublisher(
-                        settings.kafka_bootstrap, settings.events_topic, signing_key
-                    )
+                        settings.kafka_bootstrap, settings.events_topic, signing_key,
+                        timeout_s=settings.publish_timeout_s,
+                    )  # fmt: skip
                     await kafka.start()
                     running.publisher = kafka
                 if role != "api":
                     running.gateway = ingest.Gateway(settings, pool, running.publisher, metrics)
             if role in ("api", "up"):
-                running.api = ApiDeps(settings, pool, running.publisher)
+                running.api = ApiDeps(settings, query_pool, running.publisher)
             if role == "up":
                 # Everything in one process: the projector too (tailing the store, or Kafka).
                 projector = (
-                    StoreTailer(settings) if settings.embedded else KafkaProjector(settings, pool)
+                    StoreTailer(settings, metrics=projector_metrics)
+                    if settings.embedded
+                    else KafkaProjector(settings, pool, metrics=projector_metrics)
                 )
+                running.projector = projector
                 task = asyncio.create_task(projector.run(), name="studbook-projector")
                 task.add_done_callback(_report_death)
                 running.background.append(task)
@@ -113,6 +127,8 @@ def build_app(role: str, settings: Settings, *, sign_in: SignInCodes | None = No
                     log.error("the projector had failed: %r", result)
             if kafka is not None:
                 await kafka.stop()
+            if query_pool is not pool:
+                await query_pool.close()
             await pool.close()
 
     def current_gateway() -> ingest.Gateway:
@@ -127,25 +143,41 @@ def build_app(role: str, settings: Settings, *, sign_in: SignInCodes | None = No
         return JSONResponse({"status": "ok", "service": role})
 
     async def readyz(request: Request) -> JSONResponse:
+        """What a request needs now: PostgreSQL, a Kafka that takes records (when used) and,
+        in `up`, a live projector (with how far behind it is). Anonymous callers get each
+        check's state; a caller with a valid token also gets what is wrong, in operator terms."""
         checks: dict[str, str] = {}
+        assert running.pool is not None
         try:
-            assert running.pool is not None
-            await running.pool.fetchval("SELECT 1")
+            await asyncio.wait_for(running.pool.fetchval("SELECT 1"), 3)
             checks["postgres"] = "ok"
-        except (OSError, asyncpg.PostgresError) as exc:
-            checks["postgres"] = f"unreachable: {exc}"
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            checks["postgres"] = "PostgreSQL does not answer"
         if isinstance(running.publisher, KafkaPublisher):
             checks["kafka"] = await running.publisher.problem() or "ok"
+        lag: int | None = None
         for task in running.background:
             # A dead projector means stale read models: not ready, and say why.
             if task.done():
                 failure = task.exception() if not task.cancelled() else None
-                checks["projector"] = f"stopped: {failure!r}"
+                checks["projector"] = f"stopped ({type(failure).__name__}): see the log"
+        if running.projector is not None and "projector" not in checks:
+            checks["projector"] = "ok"
+            lag = running.projector.lag()
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks},
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, object] = {"status": "ok" if ok else "unavailable"}
+        detailed = settings.auth_disabled
+        if not detailed and checks["postgres"] == "ok":
+            with contextlib.suppress(auth.AuthUnavailable):
+                header = request.headers.get("authorization")
+                detailed = await auth.authenticate(running.pool, header) is not None
+        if detailed:
+            body["checks"] = checks
+            if lag is not None:
+                body["projector_lag"] = lag
+        else:
+            body["checks"] = {k: "ok" if v == "ok" else "unavailable" for k, v in checks.items()}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

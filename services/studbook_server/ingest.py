@@ -98,8 +98,13 @@ def _parse(body: bytes, content_type: str) -> list[Any] | Violation:
     return [doc]
 
 
+# How long a client should wait before retrying a 503 (the SDK backs off on its own anyway).
+RETRY_AFTER_S = 5
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _principal(gw: Gateway, request: Request) -> auth.Principal | None:
@@ -113,13 +118,19 @@ def routes(current: Callable[[], Gateway]) -> list[Route]:
 
     async def post_events(request: Request) -> Response:
         gw = current()
-        response = await _post_events(gw, request)
+        try:
+            response = await _post_events(gw, request)
+        except auth.AuthUnavailable as exc:
+            response = _error(503, str(exc))
         gw.metrics.requests.labels("/v1/events", str(response.status_code)).inc()
         return response
 
     async def get_consistency(request: Request) -> Response:
         gw = current()
-        principal = await _principal(gw, request)
+        try:
+            principal = await _principal(gw, request)
+        except auth.AuthUnavailable as exc:
+            return _error(503, str(exc))
         if principal is None:
             return _error(
                 401, "missing or invalid bearer token: send `Authorization: Bearer sbk_...`"
@@ -166,7 +177,8 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
         if outcome.status == 422 and outcome.violations:
             return _invalid(gw, outcome, len(parsed))
         gw.metrics.refused.labels(str(outcome.status)).inc(len(parsed))
-        return JSONResponse(outcome.body(), status_code=outcome.status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if outcome.status == 503 else None
+        return JSONResponse(outcome.body(), status_code=outcome.status, headers=headers)
     gw.metrics.publish_seconds.observe(time.perf_counter() - started)
     gw.metrics.accepted.inc(len(outcome.event_ids))
     return JSONResponse(

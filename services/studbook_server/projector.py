@@ -17,13 +17,15 @@ import contextlib
 import logging
 import re
 import signal
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
@@ -48,9 +50,63 @@ class Stats:
     appended: int = 0
     duplicates: int = 0
     dead_letters: int = 0
-    conflicts: int = 0
+    invalid: int = 0  # records that are not valid events
+    refused: int = 0  # valid events a projection rule refused
+    conflicts: int = 0  # event ids already taken by a different event
+    failed: int = 0  # records the database refused, stored one by one
     metric_points: int = 0
     retries: int = 0
+
+
+class ProjectorMetrics:
+    """The projector's Prometheus metrics (served on `/metrics` by `up`, and on
+    STUDBOOK_METRICS_PORT by `studbook-server projector`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "studbook_projector_events", "Events appended to the store and projected",
+            registry=registry,
+        )  # fmt: skip
+        self.points = Counter(
+            "studbook_projector_metric_points", "Metric points projected", registry=registry
+        )
+        self.duplicates = Counter(
+            "studbook_projector_duplicates", "Records already stored (re-deliveries)",
+            registry=registry,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            "studbook_projector_dead_letters",
+            "Records dead-lettered, by kind: invalid (not a valid event), refused (by a "
+            "projection rule), conflict (event id taken by another event), failed (the "
+            "database refused it)",
+            ["kind"], registry=registry,
+        )  # fmt: skip
+        self.retries = Counter(
+            "studbook_projector_retries", "Batches retried after a transient failure",
+            registry=registry,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "studbook_projector_batch_seconds", "Time to store and project one batch",
+            registry=registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )  # fmt: skip
+        self.lag = Gauge(
+            "studbook_projector_lag",
+            "Not yet projected: records per Kafka partition, or events of the store (embedded)",
+            ["partition"], registry=registry,
+        )  # fmt: skip
+
+    def observe(self, before: Stats, after: Stats) -> None:
+        self.events.inc(after.appended - before.appended)
+        self.points.inc(after.metric_points - before.metric_points)
+        self.duplicates.inc(after.duplicates - before.duplicates)
+        self.retries.inc(after.retries - before.retries)
+        for kind, field_name in (
+            ("invalid", "invalid"), ("refused", "refused"), ("conflict", "conflicts"),
+            ("failed", "failed"),
+        ):  # fmt: skip
+            delta = getattr(after, field_name) - getattr(before, field_name)
+            if delta:
+                self.dead_letters.labels(kind).inc(delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +217,8 @@ async def store_batch(
     stats.appended += len(stored)
     stats.duplicates += len(decoded.incoming) - len(stored) - len(conflicts)
     stats.conflicts += len(conflicts)
+    stats.invalid += len(decoded.dead)
+    stats.refused += len(changes.rejected)
     stats.dead_letters += len(dead) + len(changes.rejected)
     stats.metric_points += len(changes.metric_points)
     for d in dead:
@@ -183,11 +241,16 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaProjector:
-    def __init__(self, settings: Settings, pool: postgres.Pool, *, name: str = "projector") -> None:
+    def __init__(
+        self, settings: Settings, pool: postgres.Pool, *, name: str = "projector",
+        metrics: ProjectorMetrics | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.pool = pool
         self.stats = Stats()
         self.name = name
+        self.metrics = metrics
+        self._done: dict[int, int] = {}  # partition -> next offset stored
         self._stopping = asyncio.Event()
         self._floor: dict[int, int] = {}
         # Set once the assigned partitions are positioned at the offsets PostgreSQL holds;
@@ -301,6 +364,34 @@ class KafkaProjector:
         self.stats.retries += 1
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        before, started = replace(self.stats), time.perf_counter()
+        await self._process_items(batch)
+        for tp, records in batch.items():
+            if records:
+                self._done[tp.partition] = max(
+                    self._done.get(tp.partition, 0), records[-1].offset + 1
+                )
+        if self.metrics is not None:
+            self.metrics.observe(before, self.stats)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            for tp in self.consumer.assignment():
+                high = self.consumer.highwater(tp)
+                if high is not None and tp.partition in self._done:
+                    self.metrics.lag.labels(str(tp.partition)).set(
+                        max(high - self._done[tp.partition], 0)
+                    )
+
+    def lag(self) -> int | None:
+        """Records of the assigned partitions not projected yet (None: not known yet)."""
+        total, known = 0, False
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None and tp.partition in self._done:
+                total += max(high - self._done[tp.partition], 0)
+                known = True
+        return total if known else None
+
+    async def _process_items(self, batch: dict[TopicPartition, list[Any]]) -> None:
         items = self._decode(batch)
         if not items:
             return
@@ -378,6 +469,7 @@ class KafkaProjector:
             async with con.transaction():
                 await self._dead_letter(con, event_id, None, source, reason, raw, partition, offset)
         self.stats.dead_letters += 1
+        self.stats.failed += 1
         log.warning("dead-lettered %s (position %s): %s", source, position, reason)
 
     async def _dead_letter(
@@ -394,11 +486,18 @@ class KafkaProjector:
 class StoreTailer:
     """Embedded mode: project events appended straight to the store (no Kafka)."""
 
-    def __init__(self, settings: Settings, *, batch: int = 5000) -> None:
+    def __init__(
+        self, settings: Settings, *, batch: int = 5000, metrics: ProjectorMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.batch = batch
+        self.metrics = metrics
+        self.behind: int | None = None  # events of the store not projected yet
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+
+    def lag(self) -> int | None:
+        return self.behind
 
     def stop(self) -> None:
         self._stopping.set()
@@ -418,7 +517,16 @@ class StoreTailer:
                 await con.add_listener(postgres.NOTIFY_CHANNEL, lambda *_: self._wake.set())
                 while not self._stopping.is_set():
                     self._wake.clear()
-                    await catch_up(con, batch=self.batch)
+                    started = time.perf_counter()
+                    applied = await catch_up(con, batch=self.batch)
+                    self.behind = await postgres.head_position(con) - await con.fetchval(
+                        "SELECT position FROM checkpoint"
+                    )
+                    if self.metrics is not None:
+                        self.metrics.events.inc(applied)
+                        self.metrics.lag.labels("store").set(self.behind)
+                        if applied:
+                            self.metrics.batch_seconds.observe(time.perf_counter() - started)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except Exception as exc:
@@ -444,8 +552,16 @@ async def run_projector(settings: Settings | None = None) -> int:
             return 0  # asked to stop while waiting for PostgreSQL
         async with pool.acquire() as con:
             await postgres.migrate(con)
+        registry = CollectorRegistry()
+        metrics = ProjectorMetrics(registry)
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, registry=registry)
         runner: KafkaProjector | StoreTailer
-        runner = KafkaProjector(settings, pool) if not settings.embedded else StoreTailer(settings)
+        runner = (
+            KafkaProjector(settings, pool, metrics=metrics)
+            if not settings.embedded
+            else StoreTailer(settings, metrics=metrics)
+        )
         # Finish the batch in hand, commit, then exit.
         loop.create_task(_forward_stop(stop_requested, runner))  # noqa: RUF006 - ends with the loop
         try:

@@ -94,17 +94,26 @@ def _server_settings(search_path: str = READ_MODEL_SCHEMA) -> dict[str, str]:
     return {"search_path": f"{search_path}, public", "application_name": "studbook"}
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> Pool:
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 5, statement_timeout_ms: int = 0
+) -> Pool:
+    """A pool; ``statement_timeout_ms`` > 0 bounds every statement its connections run (the
+    server cancels it: SQLSTATE 57014)."""
     if not url:
         raise ConfigError(
             "STUDBOOK_DATABASE_URL is not set: give a postgresql:// URL (see docs/operations.md)"
         )
+    settings = _server_settings()
+    if statement_timeout_ms > 0:
+        settings["statement_timeout"] = str(statement_timeout_ms)
     pool: Pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        server_settings=_server_settings(),
+        server_settings=settings,
+        # A connection attempt that hangs (PostgreSQL stopped mid-handshake) gives up.
+        timeout=10,
     )
     return pool
 

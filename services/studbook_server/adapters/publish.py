@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    InvalidProducerIdMapping,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
@@ -82,19 +90,37 @@ class StorePublisher:
         return None  # the pool's own check covers it
 
 
-class KafkaPublisher:
-    """Deployment: produce to the events topic (idempotent producer, acks=all, key = subject)."""
+# Errors after which an idempotent producer never recovers by itself (after a broker restart its
+# sequence numbers no longer match: every send fails until the process restarts): replace it.
+_WEDGED = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, InvalidProducerIdMapping)
 
-    def __init__(self, bootstrap: str, topic: str, key: bytes) -> None:
+
+class KafkaPublisher:
+    """Deployment: produce to the events topic (idempotent producer, acks=all, key = subject).
+
+    A publish answers within ``timeout_s`` (then :class:`PublishUnavailable`: the gateway says
+    503 and the client retries, which is safe). A producer that failed is replaced before the
+    next publish, so the gateway recovers by itself when the broker comes back.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, key: bytes, timeout_s: float = 10.0) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
         self.key = key  # signs the sender's principal on each record (domain/attestation.py)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+        self.timeout_s = timeout_s
+        self.producer = self._new_producer()
+        self._replace = False
+        self._replacing = asyncio.Lock()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_request_size=MAX_EVENT_BYTES,
+            # A send the broker does not answer fails in time for the gateway to say 503.
+            request_timeout_ms=int(self.timeout_s * 1000),
         )
 
     async def start(self) -> None:
@@ -103,38 +129,70 @@ class KafkaPublisher:
     async def stop(self) -> None:
         await self.producer.stop()
 
+    async def _fresh_producer(self) -> None:
+        async with self._replacing:
+            if not self._replace:
+                return
+            old, self.producer = self.producer, self._new_producer()
+            self._replace = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), self.timeout_s)
+            await asyncio.wait_for(self.producer.start(), self.timeout_s)
+
     async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
-        who = attestation.Attested(sender.token_id, sender.name, sender.scopes)
         try:
-            futures = []
-            for i in events:
-                value = orjson.dumps(i.doc)
-                futures.append(
-                    await self.producer.send(
-                        self.topic,
-                        value,
-                        key=i.event.subject.encode(),
-                        headers=attestation.headers(self.key, value, who),
-                    )
-                )
-            sent = await asyncio.gather(*futures)
+            sent = await asyncio.wait_for(self._send(events, sender), self.timeout_s)
         except MessageSizeTooLargeError as exc:
             raise PublishTooLarge(
                 f"an event is larger than Kafka accepts ({MAX_EVENT_BYTES} bytes): send fewer "
                 "metric points per event"
             ) from exc
-        except KafkaError as exc:
+        except (KafkaError, TimeoutError) as exc:
             # Some events of the request may have been written: a retry re-sends them, and the
             # projector stores each event id once.
-            raise PublishUnavailable(f"Kafka did not acknowledge every event: {exc}") from exc
+            self._replace = isinstance(exc, _WEDGED | TimeoutError) or self._replace
+            raise PublishUnavailable(
+                f"Kafka did not acknowledge every event within {self.timeout_s:g} s "
+                f"({type(exc).__name__})"
+            ) from exc
         offsets: dict[int, int] = {}
         for meta in sent:
             offsets[meta.partition] = max(offsets.get(meta.partition, -1), meta.offset)
         return KafkaToken(self.topic, offsets)
 
+    async def _send(self, events: Sequence[Incoming], sender: Principal) -> list[Any]:
+        if self._replace:
+            await self._fresh_producer()
+        who = attestation.Attested(sender.token_id, sender.name, sender.scopes)
+        futures = []
+        for i in events:
+            value = orjson.dumps(i.doc)
+            futures.append(
+                await self.producer.send(
+                    self.topic,
+                    value,
+                    key=i.event.subject.encode(),
+                    headers=attestation.headers(self.key, value, who),
+                )
+            )
+        return list(await asyncio.gather(*futures))
+
     async def problem(self) -> str | None:
+        """None when a record can be delivered now, else what is wrong (operator terms)."""
         try:
-            await asyncio.wait_for(self.producer.client.force_metadata_update(), 3)
-        except (KafkaError, TimeoutError) as exc:
-            return f"unreachable: {exc!r}"
+            updated = await asyncio.wait_for(self.producer.client.force_metadata_update(), 3)
+        except (KafkaError, TimeoutError):
+            updated = False
+        if not updated:
+            return "the Kafka brokers do not answer"
+        if self.producer.client.cluster.leader_for_partition(TopicPartition(self.topic, 0)) in (
+            None,
+            -1,
+        ):
+            return f"topic {self.topic} has no leader for partition 0"
+        if self._replace:  # the brokers answer again: replace a failed producer now
+            try:
+                await self._fresh_producer()
+            except (KafkaError, TimeoutError):
+                return "the Kafka producer could not be restarted"
         return None

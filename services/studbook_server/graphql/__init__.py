@@ -13,8 +13,9 @@ from collections.abc import Callable
 import orjson
 import strawberry
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
@@ -95,6 +96,49 @@ def graphql_routes(
     """
     app = _App(current, consistency_timeout_s)
     return [
-        Route(path, app, methods=["GET", "POST"]),
+        Route(path, _BodyLimit(app, current), methods=["GET", "POST"]),
         WebSocketRoute(path, app),
     ]
+
+
+class _BodyLimit:
+    """Refuse a request body over `STUDBOOK_GRAPHQL_MAX_BODY_BYTES` (413) before it is read
+    whole: a query is text, and no query needs megabytes."""
+
+    def __init__(self, app: ASGIApp, current: Callable[[], ApiDeps]) -> None:
+        self.app = app
+        self.current = current
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.current().settings.graphql_max_body_bytes
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        too_large = JSONResponse(
+            {"errors": [{"message": f"request body larger than {limit} bytes"}]}, status_code=413
+        )
+        if declared.isdigit() and int(declared) > limit:
+            await too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -21,7 +21,13 @@ from studbook_server.adapters import postgres
 from studbook_server.adapters.publish import Publisher
 from studbook_server.config import Settings
 from studbook_server.consistency import BadToken, decode, wait_until
-from studbook_server.graphql._errors import BadInput, Forbidden, NotCaughtUp, Unauthenticated
+from studbook_server.graphql._errors import (
+    BadInput,
+    Forbidden,
+    NotCaughtUp,
+    Unauthenticated,
+    Unavailable,
+)
 from studbook_server.graphql._loaders import Loaders
 
 CONSISTENCY_HEADER = "x-studbook-consistency"
@@ -75,7 +81,13 @@ class Context:
     async def _authenticate(self) -> auth.Principal:
         if self.deps.settings.auth_disabled:
             return auth.ANONYMOUS_ADMIN
-        principal = await auth.authenticate(self.pool, self._authorization())
+        try:
+            principal = await auth.authenticate(self.pool, self._authorization())
+        except auth.AuthUnavailable as exc:
+            if isinstance(self.response, Response):
+                self.response.status_code = 503
+                self.response.headers["Retry-After"] = "5"
+            raise Unavailable(str(exc)) from exc
         if principal is None:
             if isinstance(self.response, Response):
                 self.response.status_code = 401
