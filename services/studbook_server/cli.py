@@ -37,6 +37,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return _run(verify_main(args.seals, args.public_key, args.data_dir))
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from studbook_server.status_cli import status_main
+
+    return _run(status_main(args.json, args.data_dir))
+
+
 def _cmd_seal(args: argparse.Namespace) -> int:
     from studbook_server.store_cli import seal_main
 
@@ -172,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-key", default=None, metavar="PEM",
         help="the seal public key (default: STUDBOOK_SEAL_KEY's public half)",
     )  # fmt: skip
+    status = add(
+        "status", _cmd_status,
+        "how far projection has got (per Kafka partition: end, stored, lag) and the dead letters",
+    )  # fmt: skip
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
     seal = add(
         "seal", _cmd_seal,
         "sign the event store's current head (Ed25519) and append it to the seal log",
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tsub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     for p in (
-        sub.choices["migrate"], verify, seal, sub.choices["rebuild"], export, imp, create,
+        sub.choices["migrate"], verify, seal, status, sub.choices["rebuild"], export, imp, create,
         tsub.choices["list"], revoke,
     ):  # fmt: skip
         p.add_argument(
