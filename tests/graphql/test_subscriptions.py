@@ -88,3 +88,32 @@ async def test_subscriptions_need_a_token(scenario_db: Any) -> None:
             msg = ws.receive_json()
             errors = msg["payload"]["errors"] if msg["type"] == "next" else msg["payload"]
             assert errors[0]["extensions"]["code"] == "FORBIDDEN"
+
+
+async def test_one_connection_holds_at_most_ten_subscriptions(database_factory: Factory) -> None:
+    from studbook_server.graphql._subscriptions import MAX_PER_CONNECTION
+
+    url = await database_factory()
+    await migrated(url)
+    await append_and_project(url, scenario())
+    tokens = await make_tokens(url)
+    with (
+        TestClient(make_app(url)) as client,
+        client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws,
+    ):
+        _open(ws, tokens["reader"])
+        for i in range(MAX_PER_CONNECTION + 1):
+            _subscribe(ws, f"s{i}", {"run": "churn/run:run-1"})
+        refused = ws.receive_json()
+        assert (refused["type"], refused["id"]) == ("next", f"s{MAX_PER_CONNECTION}"), refused
+        assert (
+            "at most 10 subscriptions per connection" in refused["payload"]["errors"][0]["message"]
+        )
+        assert ws.receive_json() == {"id": f"s{MAX_PER_CONNECTION}", "type": "complete"}
+        # Closing one makes room for another, served like the first ones.
+        ws.send_json({"id": "s0", "type": "complete"})
+        await asyncio.sleep(0.3)
+        _subscribe(ws, "again", {"run": "churn/run:run-1", "after": 0})
+        msg = ws.receive_json()
+        assert (msg["type"], msg["id"]) == ("next", "again"), msg
+        assert msg["payload"]["data"]["metricPoints"]["key"] == "loss"
