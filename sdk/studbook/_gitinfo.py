@@ -1,33 +1,54 @@
-"""What code a run executes: git commit, branch, dirtiness, remote and entry point.
+"""What code a run executes: git commit, branch, dirtiness, remote, entry point, command line,
+working directory, and the uncommitted changes of a dirty tree.
 
 Captured with ``git`` subprocesses (each with a short timeout) the first time a run starts,
 then cached for the process. Anything that fails is left out: no git, not a repository, a
 repository without commits, a slow file system.
+
+The uncommitted changes (``git diff --binary HEAD``: staged and unstaged changes to tracked
+files; untracked files are not part of it, as they do not make ``git_dirty`` either) are
+streamed through SHA-256; at most :data:`MAX_DIFF_BYTES` of them are kept, to be sent in their
+own ``run.diff.recorded`` event. A larger diff is recorded by digest and size only.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from studbook._commandline import masked
+
 TIMEOUT_S = 2.0
+DIFF_TIMEOUT_S = 5.0
+MAX_DIFF_BYTES = 256 * 1024
+MAX_ARGS = 1000
+MAX_ARG_LENGTH = 4096
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
+# Flags that make the diff independent of the user's git configuration (prefixes, colours,
+# external diff drivers, text conversion), so that `git apply` takes it anywhere.
+_DIFF = ["diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv",
+         "--src-prefix=a/", "--dst-prefix=b/", "HEAD", "--"]  # fmt: skip
+
+
+def _git_env() -> dict[str, str]:
+    return {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
     import subprocess  # lazily: only the first run of a process needs it
 
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
     try:
         done = subprocess.run(
             ["git", *args],
             cwd=cwd,
-            env=env,
+            env=_git_env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=TIMEOUT_S,
@@ -38,6 +59,82 @@ def _git(args: list[str], cwd: Path) -> str | None:
     if done.returncode != 0:
         return None
     return done.stdout.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """Uncommitted changes of a working tree: their digest and size, and their bytes when they
+    fit under the cap (``data`` is None when they do not)."""
+
+    digest: str
+    size_bytes: int
+    data: bytes | None
+
+    def meta(self) -> dict[str, Any]:
+        """The ``code.diff`` field of run.started (v3)."""
+        return {
+            "digest": self.digest,
+            "size_bytes": self.size_bytes,
+            "stored": self.data is not None,
+        }
+
+    def payload(self) -> dict[str, Any] | None:
+        """The ``run.diff.recorded`` payload, or None when the diff is over the cap."""
+        if self.data is None:
+            return None
+        try:
+            text, encoding = self.data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(self.data).decode("ascii"), "base64"
+        return {
+            "digest": self.digest,
+            "size_bytes": self.size_bytes,
+            "encoding": encoding,
+            "diff": text,
+        }
+
+
+def capture_diff(
+    toplevel: Path, *, cap: int = MAX_DIFF_BYTES, timeout: float = DIFF_TIMEOUT_S
+) -> Diff | None:
+    """The uncommitted changes of the repository at ``toplevel`` against HEAD, streamed (a diff
+    of a huge binary file is hashed, not held in memory); None if git fails or is too slow."""
+    import hashlib
+    import subprocess
+    import threading
+
+    try:
+        proc = subprocess.Popen(
+            ["git", *_DIFF],
+            cwd=toplevel,
+            env=_git_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    h = hashlib.sha256()
+    kept = bytearray()
+    size = 0
+    try:
+        assert proc.stdout is not None
+        with proc.stdout:
+            while chunk := proc.stdout.read(1 << 16):
+                h.update(chunk)
+                size += len(chunk)
+                if len(kept) <= cap:
+                    kept += chunk[: cap + 1 - len(kept)]
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+    if code != 0:  # failed, or killed by the watchdog
+        return None
+    data = bytes(kept) if size <= cap else None
+    return Diff("sha256:" + h.hexdigest(), size, data)
 
 
 def strip_credentials(remote: str) -> str:
@@ -57,16 +154,44 @@ def _entry_script() -> Path | None:
     return path.resolve() if path.is_file() else None
 
 
-def capture(where: Path | None = None) -> dict[str, Any]:
-    """Return the ``code`` payload of run.started for the repository around the entry point."""
+def _main_module() -> str | None:
+    """The module named on `python -m <module>`, if the process was started so."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name)
+    return None
+
+
+def _command_line() -> list[str] | None:
+    """The arguments after the script or module, masked; None if too long to record whole."""
+    args = sys.argv[1:]
+    if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_LENGTH for a in args):
+        return None  # cut short, it would re-run something else
+    return masked(args)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The ``code`` payload of run.started, the repository root, and the uncommitted changes."""
+
+    code: dict[str, Any]
+    root: Path | None
+    diff: Diff | None
+
+
+def snapshot(where: Path | None = None) -> Snapshot:
+    """Capture the repository around the entry point (or ``where``) and the command line."""
     script = _entry_script()
     cwd = where or (script.parent if script is not None else Path.cwd())
     code: dict[str, Any] = {}
+    root: Path | None = None
+    diff: Diff | None = None
     head = _git(["rev-parse", "--show-toplevel", "HEAD", "--abbrev-ref", "HEAD"], cwd)
     if head is not None:
         lines = head.splitlines()
         if len(lines) >= 3:
             toplevel, commit, branch = lines[0], lines[1].strip().lower(), lines[2].strip()
+            root = Path(toplevel).resolve()
             if _COMMIT.fullmatch(commit):
                 code["git_commit"] = commit
             if branch and branch != "HEAD":
@@ -77,22 +202,48 @@ def capture(where: Path | None = None) -> dict[str, Any]:
             status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
             if status is not None:
                 code["git_dirty"] = bool(status.strip())
+                if code["git_dirty"] and "git_commit" in code:
+                    diff = capture_diff(root)
+                    if diff is not None:
+                        code["diff"] = diff.meta()
             if script is not None:
                 try:
-                    entry = script.relative_to(Path(toplevel).resolve()).as_posix()
+                    entry = script.relative_to(root).as_posix()
                 except ValueError:
                     entry = script.name
                 code["entry_point"] = entry[:1024]
+            try:
+                here = Path.cwd().resolve().relative_to(root).as_posix()
+            except (OSError, ValueError):
+                here = None  # the working directory is outside the repository
+            if here is not None and len(here) <= 1024:
+                code["working_dir"] = here
+    module = _main_module()
+    if module is not None and len(module) <= 1024:
+        code["module"] = module
     if "entry_point" not in code:
-        main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        if main_spec is not None and main_spec.name and main_spec.name != "__main__":
-            code["entry_point"] = main_spec.name[:1024]
+        if module is not None:
+            code["entry_point"] = module[:1024]
         elif script is not None:
             code["entry_point"] = script.name[:1024]
-    return code
+    if script is not None or module is not None:
+        argv = _command_line()
+        if argv is not None:
+            code["argv"] = argv
+    return Snapshot(code, root, diff)
+
+
+def capture(where: Path | None = None) -> dict[str, Any]:
+    """Return the ``code`` payload of run.started for the repository around the entry point."""
+    return snapshot(where).code
 
 
 @functools.cache
+def process_snapshot() -> Snapshot:
+    """:func:`snapshot` of this process, taken once."""
+    return snapshot()
+
+
 def code_info() -> dict[str, Any]:
     """:func:`capture`, once per process."""
-    return capture()
+    return process_snapshot().code

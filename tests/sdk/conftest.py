@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 import studbook
-from studbook import _api, _client
+from studbook import _api, _client, _gitinfo
 from studbook._config import Config
 from studbook._transport import Transport
 
@@ -143,12 +144,22 @@ class Gateway:
             return [e for e in self.accepted if e["type"] == event_type]
 
 
+@functools.cache
+def _clean_snapshot() -> _gitinfo.Snapshot:
+    """The test process's code as if its checkout had no uncommitted changes: whether the tree
+    running the tests is dirty must not change which events a test sees (a run.diff.recorded)."""
+    taken = _gitinfo.snapshot()
+    return _gitinfo.Snapshot({k: v for k, v in taken.code.items() if k != "diff"}, taken.root, None)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """No STUDBOOK_* settings from outside; cache and spool in the test's folder."""
+    """No STUDBOOK_* settings from outside; cache and spool in the test's folder; the code
+    captured as from a clean checkout."""
     for key in list(os.environ):
         if key.startswith("STUDBOOK_"):
             monkeypatch.delenv(key)
+    monkeypatch.setattr(_gitinfo, "process_snapshot", _clean_snapshot)
     monkeypatch.setenv("STUDBOOK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("STUDBOOK_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.setattr(_client, "_token_warned", False)  # each test is a process, so to speak

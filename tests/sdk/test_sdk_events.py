@@ -126,7 +126,7 @@ def test_every_event_kind_validates_against_the_contract(
     assert len({e["event_id"] for e in events}) == len(events)
 
     started = next(e for e in events if e["type"] == "run.started")
-    assert started["schema_version"] == 2
+    assert started["schema_version"] == 3
     assert started["subject"] == f"run:{run.id}"
     env = started["payload"]["environment"]
     assert env["python_version"].count(".") == 2
@@ -144,6 +144,8 @@ def test_every_event_kind_validates_against_the_contract(
     version = next(e for e in events if e["subject"] == "dataset:churn-events")
     assert version["payload"]["version"] == ds.version == ds.digest[7:19]
     assert version["payload"]["uri"] == data.resolve().as_uri()
+    assert version["schema_version"] == 2
+    assert version["payload"]["source"]["uri"] == data.resolve().as_uri()
     produced = next(e for e in events if e["subject"] == "dataset:features")
     assert produced["payload"]["produced_by_run"] == run.id
     finished = [e for e in events if e["type"] == "run.finished"]
