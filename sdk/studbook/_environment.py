@@ -43,3 +43,11 @@ def environment_info() -> dict[str, Any]:
         "packages": listing[:MAX_PACKAGES],
         "host": socket.gethostname()[:255],
     }
+
+
+if __name__ == "__main__":
+    # `studbook reproduce` runs this file with a new environment's interpreter (`python -I`: no
+    # script directory on sys.path) to list what it holds, the same way a run records it.
+    import json
+
+    print(json.dumps(packages()))
