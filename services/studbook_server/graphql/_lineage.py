@@ -61,6 +61,8 @@ class EdgeType(enum.Enum):
     DERIVED = "derived"
     TRAINED = "trained"
     DEPLOYED = "deployed"
+    REPRODUCED = "reproduced"
+    DERIVED_RUN = "derived_run"
 
 
 LineageEntity = Annotated[
