@@ -185,7 +185,7 @@ def _code(runs: list[Any]) -> CodeComparison:
     repo = [c.get("git_repo") for c in codes]
     commit = [c.get("git_commit") for c in codes]
     dirty = [c.get("git_dirty") for c in codes]
-    entry = [c.get("entrypoint") for c in codes]
+    entry = [c.get("entry_point") for c in codes]
     return CodeComparison(
         git_repo=repo,
         git_commit=commit,
