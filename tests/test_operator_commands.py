@@ -143,6 +143,20 @@ def test_rebuild_replays_the_store_of_the_running_up(running: Running) -> None:
     assert answer["run"] == {"name": "operator", "status": "RUNNING"}
 
 
+def test_verify_seal_and_status_work_on_the_running_up(running: Running, tmp_path: Path) -> None:
+    checked = _cli("verify", env=running.env)
+    assert checked.returncode == 0, checked.stderr
+    assert "verify: ok, 1 events, chain intact" in checked.stdout
+    key, log = tmp_path / "seal.pem", tmp_path / "seals.ndjson"
+    assert _cli("seal", "--init-key", "--key", str(key), env=running.env).returncode == 0
+    sealed = _cli("seal", "--key", str(key), "--log", str(log), env=running.env)
+    assert sealed.returncode == 0, sealed.stderr
+    assert "seal: position 1" in sealed.stdout
+    status = _cli("status", "--json", env=running.env)
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["store"]["events"] == 1
+
+
 async def test_a_database_url_comes_before_the_embedded_database(
     running: Running, database_factory: Callable[[], Coroutine[Any, Any, str]]
 ) -> None:
@@ -158,7 +172,15 @@ async def test_a_database_url_comes_before_the_embedded_database(
 
 @pytest.mark.parametrize(
     "command",
-    [["token", "list"], ["export-events"], ["import-events", "IMPORT"], ["rebuild"]],
+    [
+        ["token", "list"],
+        ["export-events"],
+        ["import-events", "IMPORT"],
+        ["rebuild"],
+        ["verify"],
+        ["status"],
+        ["migrate"],
+    ],
     ids=lambda c: c[0],
 )
 def test_with_nothing_running_and_no_url_commands_say_what_to_do(
