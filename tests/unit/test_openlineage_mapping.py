@@ -595,6 +595,25 @@ def test_facets_are_kept_per_run_and_dataset_newest_first() -> None:
     assert facets[("dataset:s3/lake/features/churn", "dataset", "schema")] is None, "deleted"
 
 
+def test_every_dataset_an_event_names_exists_under_its_own_name() -> None:
+    rid = str(uuid.uuid4())
+    for docs in (
+        docs_of(run_event(RunState.START, rid, "x", inputs=[RAW], outputs=[FEATURES_OUT])),
+        # The verbatim event alone (its datasets' other events may be in another batch).
+        docs_of(run_event(RunState.OTHER, rid, "x", inputs=[RAW], outputs=[FEATURES_OUT]))[:1],
+    ):
+        store = Store()
+        store.add(docs)
+        assert {key: row[:2] for key, row in store.changes.datasets.items()} == {
+            ("churn", "postgres/db_5432/analytics.public.events"): (
+                "churn", "postgres/db_5432/analytics.public.events"
+            ),
+            ("churn", "s3/lake/features/churn"): ("churn", "s3/lake/features/churn"),
+        }  # fmt: skip
+        uris = {row[1]: row[3] for row in store.changes.datasets.values()}
+        assert uris["s3/lake/features/churn"] == "s3://lake/features/churn"
+
+
 def test_a_run_keeps_the_version_it_read_first() -> None:
     first, reader, second = (str(uuid.uuid4()) for _ in range(3))
     store = Store()
