@@ -63,6 +63,7 @@ from studbook_server.openlineage._mapping import (
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 PARENT = str(uuid.uuid4())
+DIGEST = "sha256:" + "ab" * 32
 
 
 def wire(event: Any) -> dict[str, Any]:
@@ -525,7 +526,7 @@ def test_projection_joins_the_pipeline_and_the_training_data() -> None:
     )
     store.add(docs_of(run_event(RunState.START, job2, "publish", inputs=[FEATURES_IN], minutes=6)))
     store.add(docs_of(run_event(RunState.FAIL, job2, "publish", inputs=[FEATURES_IN], minutes=7)))
-    digest = "sha256:" + "ab" * 32
+    digest = DIGEST
     store.add([sdk_snapshot("s3/lake/features/churn", "s3://lake/features/churn", digest)])
 
     raw = "dataset_version:postgres/db_5432/analytics.public.events@42"
@@ -660,3 +661,22 @@ def test_the_queries_in_the_docs_validate() -> None:
     assert len(blocks) == 4
     for block in blocks:
         assert not validate(schema()._schema, parse(block)), block
+
+
+def test_a_reported_version_hashed_later_keeps_its_number_and_learns_its_digest() -> None:
+    rid = str(uuid.uuid4())
+    table = OutputDataset(
+        namespace="s3://lake",
+        name="features/churn",
+        facets={"version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion="7")},
+    )
+    store = Store()
+    store.add(docs_of(run_event(RunState.COMPLETE, rid, "x", outputs=[table])))
+    hashed = sdk_snapshot("s3/lake/features/churn", "s3://lake/features/churn", DIGEST)
+    hashed["payload"]["version"] = "7"
+    store.add([hashed])
+    assert store.changes.rejected == []
+    assert store.changes.dataset_versions == [], "no second row for the same version"
+    assert [r[2] for r in store.changes.dataset_versions_reported] == ["7"]
+    assert store.changes.dataset_versions_filled[-1][6] == DIGEST
+    assert store.state.dataset_version_digests[("churn", "s3/lake/features/churn", "7")] == DIGEST
