@@ -7,6 +7,13 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   plugins: [svelte()],
   base: "/",
+  // `npm run dev`: the pages from Vite, the API from a Studbook on :8080 (`scripts/run`).
+  server: {
+    proxy: {
+      "/graphql": { target: "http://127.0.0.1:8080", ws: true },
+      "/ui/signin": "http://127.0.0.1:8080",
+    },
+  },
   build: {
     outDir: process.env.STUDBOOK_UI_OUT ?? "../services/studbook_server/ui/static",
     emptyOutDir: true,

@@ -253,6 +253,11 @@ def test_a_running_run_updates_live(page: Any, demo: Demo) -> None:
                   when=now)  # fmt: skip
 
     demo.send(ev("run.started", subject, {"name": "live"}, when=now), point(0))
+    q = '{ run(id: "churn/run:live-1") { metrics { key } } }'
+    deadline = time.monotonic() + 10
+    while not (demo.gql(q)["run"] or {}).get("metrics"):  # projected (the tailer is async)
+        assert time.monotonic() < deadline, "the live run was never projected"
+        time.sleep(0.05)
     go(page, demo, "run/live-1")
     page.wait_for_selector(".chart[data-metric=live_loss][data-points='1']")
     assert page.inner_text("[data-testid=run-status]") == "running"

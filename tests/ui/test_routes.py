@@ -11,11 +11,13 @@ from starlette.testclient import TestClient
 
 from studbook_server.graphql import graphql_routes
 from studbook_server.ui import STATIC, SignInCodes, ui_routes
+from tests.support import settings_for
 
 
 def _client(codes: SignInCodes | None = None) -> TestClient:
-    # The pages read no database: deps without a pool (strawberry makes a context anyway).
-    deps = SimpleNamespace(pool=None)
+    # The pages read no database; strawberry makes a request context anyway: real settings and
+    # no pool.
+    deps = SimpleNamespace(settings=settings_for("postgresql://unused/x", "", "t", "g"), pool=None)
     return TestClient(Starlette(routes=[*graphql_routes(lambda: deps), *ui_routes(codes)]))  # type: ignore[arg-type, return-value]
 
 

@@ -53,7 +53,10 @@ export function chunks<T>(items: T[], size: number): T[][] {
   return out;
 }
 
-export const HISTORY_PAGE = 5000;
+// Metric histories: 4000 points a page, 20 series a document, so that a document's worst case
+// (20 x 4000 points) stays well inside the API's query cost limit (graphql/_cost.py).
+export const HISTORY_PAGE = 4000;
+export const SERIES_PER_REQUEST = 20;
 const MAX_POINTS = 50_000;
 
 export interface Point {
@@ -64,8 +67,8 @@ export interface Point {
 }
 
 /**
- * The history of one metric for many runs: one document per 25 runs (aliases `r0`...), each
- * run's pages followed until done or MAX_POINTS.
+ * The history of one metric for many runs: one document per SERIES_PER_REQUEST runs (aliases
+ * `r0`...), each run's pages followed until done or MAX_POINTS.
  */
 export async function metricHistories(runIds: string[], key: string): Promise<Map<string, Point[]>> {
   const out = new Map<string, Point[]>(runIds.map((id) => [id, []]));
@@ -73,7 +76,7 @@ export async function metricHistories(runIds: string[], key: string): Promise<Ma
   while (pending.length) {
     const next: typeof pending = [];
     await Promise.all(
-      chunks(pending, 25).map(async (group) => {
+      chunks(pending, SERIES_PER_REQUEST).map(async (group) => {
         const fields = group
           .map(
             (_, i) =>
@@ -106,14 +109,14 @@ export async function metricHistories(runIds: string[], key: string): Promise<Ma
   return out;
 }
 
-/** Every metric history of one run, 25 keys per document, pages followed up to MAX_POINTS. */
+/** Every metric history of one run, SERIES_PER_REQUEST keys a document, up to MAX_POINTS each. */
 export async function runHistories(runId: string, keys: string[]): Promise<Map<string, Point[]>> {
   const out = new Map<string, Point[]>(keys.map((k) => [k, []]));
   let pending = keys.map((key) => ({ key, after: null as string | null }));
   while (pending.length) {
     const next: typeof pending = [];
     await Promise.all(
-      chunks(pending, 25).map(async (group) => {
+      chunks(pending, SERIES_PER_REQUEST).map(async (group) => {
         const decl = group.map((_, i) => `$k${i}: String!, $a${i}: String`).join(", ");
         const fields = group
           .map((_, i) => `m${i}: metricHistory(key: $k${i}, first: ${HISTORY_PAGE}, after: $a${i}) { nodes { step value at position } pageInfo { hasNextPage endCursor } }`)
