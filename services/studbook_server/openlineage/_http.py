@@ -130,7 +130,10 @@ async def post_lineage(deps: ApiDeps, request: Request) -> Response:
     if settings.auth_disabled:
         principal: auth.Principal | None = auth.ANONYMOUS_ADMIN
     else:
-        principal = await auth.authenticate(deps.pool, request.headers.get("authorization"))
+        try:
+            principal = await auth.authenticate(deps.pool, request.headers.get("authorization"))
+        except auth.AuthUnavailable as exc:
+            return _problems(503, str(exc))
     if principal is None:
         return _problems(
             401,
