@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from studbook import _events, _run
+from studbook import _events, _gitinfo, _rerun, _run
 from studbook._client import Client
 from studbook._config import Config
 from studbook._digest import digest_path, locate
@@ -32,8 +33,8 @@ from studbook._events import (
     check_version_number,
     uuid7,
 )
-from studbook._gitinfo import code_info
 from studbook._models import DatasetVersion, ModelVersion
+from studbook._naming import dataset_name
 from studbook._run import Run, dataset_ref, registration
 from studbook._transport import HttpTransport, Transport
 
@@ -133,7 +134,7 @@ def client() -> Client:
 
 
 def dataset_version(
-    name: str,
+    name: str | None = None,
     path: str | os.PathLike[str] | None = None,
     *,
     uri: str | None = None,
@@ -149,18 +150,38 @@ def dataset_version(
     digits of the digest, names the content; ``uri`` says where the data lives (default: the
     path's ``file://`` uri). Without ``path``, give ``uri`` and the content's ``digest``.
     ``parents`` are the versions this one derives from; ``produced_by`` the run (or run id)
-    that made it.
+    that made it. A version hashed from ``path`` also records where that path was (its
+    ``source``: a ``file://`` uri, and the path within the code's git repository when it lies
+    inside), so that ``studbook reproduce`` can put the data back where the code reads it.
+    Without ``name``, the dataset is the one ``uri`` names (:func:`dataset_name`): the dataset
+    an OpenLineage pipeline writing there reports, so lineage joins the two, and the version
+    derives from the latest version such a pipeline reported (docs/openlineage.md).
     """
     c = client()
+    if name is None:
+        if uri is None:
+            raise ValueError("dataset_version needs a name, or a uri to name the dataset by")
+        name = dataset_name(uri)
     check_name(name, "dataset name")
     size: int | None = None
+    source: dict[str, str] | None = None
     if path is not None:
         computed, size = digest_path(path)
         if digest is not None and check_digest(digest) != computed:
             raise ValueError(f"digest {digest} does not match the content of {path!r} ({computed})")
         digest = computed
+        local = locate(path, hash_local=False)[0]
         if uri is None:
-            uri = locate(path, hash_local=False)[0]
+            uri = local
+        source = {"uri": local}
+        root = _gitinfo.process_snapshot().root
+        if root is not None:
+            try:
+                inside = Path(path).expanduser().resolve().relative_to(root).as_posix()
+            except ValueError:
+                inside = None
+            if inside and inside != "." and len(inside) <= 1024:
+                source["repo_path"] = inside
     if digest is None:
         raise ValueError("dataset_version needs a path to hash, or a digest (with a uri)")
     check_digest(digest)
@@ -189,7 +210,9 @@ def dataset_version(
     if produced_by is not None:
         run_id = produced_by.id if isinstance(produced_by, Run) else produced_by
         payload["produced_by_run"] = check_id(run_id, "produced_by")
-    c.emit("dataset.version.created", f"dataset:{name}", payload)
+    if source is not None and len(source["uri"]) <= 2048:
+        payload["source"] = source
+    c.emit("dataset.version.created", f"dataset:{name}", payload, schema_version=2)
     c.raise_refused()
     return DatasetVersion(name, version, digest, uri, size)
 
@@ -210,9 +233,12 @@ def start_run(
 
     Use it as a context manager (``with studbook.start_run(...) as run:``) or call
     :meth:`Run.finish`. The run records the git commit, branch, dirtiness and remote of the
-    code, the entry point, the Python version, the installed packages and the host. ``run_id``
-    names the run yourself (e.g. a scheduler's job id; letters, digits, ``.``, ``_``, ``-``);
-    by default it is a new UUIDv7.
+    code, the entry point, the command line (secrets masked), the working directory, the
+    uncommitted changes of a dirty tree (``run.diff.recorded``), the Python version, the
+    installed packages and the host. ``run_id`` names the run yourself (e.g. a scheduler's job
+    id; letters, digits, ``.``, ``_``, ``-``); by default it is a new UUIDv7. In a process
+    started by ``studbook reproduce``, the first run is the reproduction: it records the run it
+    re-runs and takes the id the command chose.
     """
     c = client()
     c.raise_refused()  # report earlier refusals before this run exists, not after
@@ -223,12 +249,23 @@ def start_run(
         payload["experiment"] = check_name(experiment, "experiment")
     if parent is not None:
         payload["parent_run"] = check_id(parent.id if isinstance(parent, Run) else parent, "parent")
-    code = code_info()
-    if code:
-        payload["code"] = dict(code)
+    snapshot = _gitinfo.process_snapshot()
+    if snapshot.code:
+        payload["code"] = dict(snapshot.code)
     payload["environment"] = dict(environment_info())
+    rerun = _rerun.claim()
+    if rerun is not None:
+        payload["reproduces"] = {
+            "run": check_id(rerun.of, "reproduced run"),
+            "derived": rerun.derived,
+        }
+        # Never the original's own id (a script that names its runs): that would overwrite it.
+        run_id = rerun.run_id or (None if run_id == rerun.of else run_id)
     run = Run(c, uuid7() if run_id is None else check_id(run_id, "run_id"), name, experiment)
-    c.emit("run.started", run.subject, payload, schema_version=2)
+    c.emit("run.started", run.subject, payload, schema_version=3)
+    diff = snapshot.diff.payload() if snapshot.diff is not None else None
+    if diff is not None:
+        c.emit("run.diff.recorded", run.subject, diff)
     c.watch_run(run)
     if params:
         run.log_params(params)

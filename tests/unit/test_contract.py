@@ -56,13 +56,37 @@ VALID_PAYLOADS: Mapping[str, dict[str, Any]] = {
         "schema": [{"name": "label", "type": "int64"}],
         "parents": [{"dataset": "imagenet", "version": "2012"}],
         "produced_by_run": RUN_ID,
+        "source": {"uri": "file:///data/imagenet-subset", "repo_path": "data/imagenet-subset"},
+    },
+    "dataset.version.reported": {
+        "version": RUN_ID,
+        "uri": "s3://lake/features/churn",
+        "produced_by_run": RUN_ID,
+        "schema": [{"name": "user_id", "type": "bigint"}],
+        "row_count": 10,
+        "size_bytes": 0,
+    },
+    "dataset.read": {
+        "run": RUN_ID,
+        "uri": "s3://lake/features/churn",
+        "version": "42",
+        "role": "train",
     },
     "run.started": {
         "name": "resnet50-baseline",
         "experiment": "resnet-sweep",
         "parent_run": "sweep-1",
-        "code": {"git_repo": "https://git.example.com/v.git", "git_commit": "4e1c2a9"},
+        "code": {
+            "git_repo": "https://git.example.com/v.git",
+            "git_commit": "4e1c2a9",
+            "git_dirty": True,
+            "entry_point": "train.py",
+            "argv": ["--lr", "0.1", "--token", "***"],
+            "working_dir": ".",
+            "diff": {"digest": DIGEST, "size_bytes": 10, "stored": True},
+        },
         "environment": {"python_version": "3.11.7", "packages": ["numpy==2.1.0"], "host": "gpu"},
+        "reproduces": {"run": RUN_ID, "derived": False},
     },
     "run.params.logged": {"params": {"lr": 0.001, "layers": 50, "amp": True, "note": None}},
     "run.metrics.logged": {
@@ -75,6 +99,12 @@ VALID_PAYLOADS: Mapping[str, dict[str, Any]] = {
     "run.input.used": {"dataset": "imagenet-subset", "version": "9f86d081", "role": "train"},
     "run.output.produced": {"uri": "s3://out/f/", "dataset": "features", "version": "7c1e"},
     "run.finished": {"status": "failed", "error": {"type": "OOM", "message": "out of memory"}},
+    "run.diff.recorded": {
+        "digest": DIGEST,
+        "size_bytes": 4,
+        "encoding": "base64",
+        "diff": "AAEC/w==",
+    },
     "model.created": {"name": "resnet50"},
     "model.version.registered": {
         "run": RUN_ID,
@@ -91,6 +121,11 @@ VALID_PAYLOADS: Mapping[str, dict[str, Any]] = {
     "model.version.undeployed": {"version": 2, "environment": "production"},
     "annotation.added": {"text": "Loss spikes at step 12000.", "labels": {"kind": "incident"}},
     "subject.redacted": {"reason": "GDPR request", "fields": ["host", "code.git_repo"]},
+    "openlineage.event.reported": {
+        "kind": "DatasetEvent",
+        "event": {"dataset": {"namespace": "s3://lake", "name": "features/churn"}},
+        "dataset": {"dataset": "s3/lake/features/churn", "uri": "s3://lake/features/churn"},
+    },
 }
 
 SUBJECTS: Mapping[str, str] = {
@@ -100,6 +135,7 @@ SUBJECTS: Mapping[str, str] = {
     "model": "model:resnet50",
     "annotation": f"run:{RUN_ID}",
     "subject": "dataset:imagenet-subset",
+    "openlineage": f"run:{RUN_ID}",
 }
 
 # Keywords fastjsonschema enforces (dependentRequired via the draft-07 translation), plus
@@ -355,7 +391,7 @@ def test_bad_event_id(event_id: str) -> None:
         ("1", "`schema_version` must be an integer (got a string)"),
         (True, "`schema_version` must be an integer (got a boolean)"),
         (1.5, "`schema_version` must be an integer (got a number)"),
-        (3, "`schema_version` 3 is not known for `run.started`; known versions: 1, 2"),
+        (4, "`schema_version` 4 is not known for `run.started`; known versions: 1, 2, 3"),
     ],
 )
 def test_bad_schema_version(version: object, message: str) -> None:
@@ -577,7 +613,7 @@ def test_run_started_v1_host_moves_into_environment() -> None:
     assert event == before, "upcast must not mutate its input"
     assert upcasted == {
         **before,
-        "schema_version": 2,
+        "schema_version": 3,
         "payload": {"name": "r", "environment": {"python_version": "3.11.7", "host": "gpu-07"}},
     }
     assert validate_event(upcasted) == []
@@ -590,7 +626,26 @@ def test_run_started_v1_without_environment_gets_one() -> None:
 
 def test_run_started_v1_without_host_is_unchanged_but_current() -> None:
     event = make_event("run.started", {"name": "r"}, schema_version=1)
-    assert upcast(event) == {**event, "schema_version": 2}
+    assert upcast(event) == {**event, "schema_version": 3}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "old"),
+    [
+        ("run.started", {"name": "r", "code": {"git_commit": "4e1c2a9", "git_dirty": True}}),
+        ("dataset.version.created", {"version": "v1", "uri": "s3://d/1", "digest": DIGEST}),
+    ],
+)
+def test_versions_that_only_add_fields_upcast_unchanged(
+    event_type: str, old: dict[str, Any]
+) -> None:
+    version = CURRENT_VERSIONS[event_type] - 1
+    event = make_event(event_type, copy.deepcopy(old), schema_version=version)
+    upcasted = upcast(event)
+    assert upcasted["schema_version"] == CURRENT_VERSIONS[event_type]
+    assert upcasted["payload"] == old
+    assert upcasted["payload"] is not event["payload"]
+    assert validate_event(upcasted) == []
 
 
 def test_every_old_version_has_an_upcaster() -> None:
@@ -602,13 +657,13 @@ def test_current_events_are_returned_as_is_and_newer_ones_refused() -> None:
     event = make_event("run.started")
     assert upcast(event) is event
     with pytest.raises(ValueError, match="newer than the current"):
-        upcast({**event, "schema_version": 3})
+        upcast({**event, "schema_version": CURRENT_VERSIONS["run.started"] + 1})
 
 
 def test_decoding_upcasts_to_the_current_version() -> None:
     event = make_event("run.started", {"name": "r", "host": "h"}, schema_version=1)
     decoded = decode_event(orjson.dumps(event))
-    assert decoded.schema_version == 2
+    assert decoded.schema_version == CURRENT_VERSIONS["run.started"] == 3
     assert decoded.payload == {"name": "r", "environment": {"host": "h"}}
 
 

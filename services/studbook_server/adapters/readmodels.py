@@ -55,6 +55,12 @@ async def load_state(con: Connection, keys: StateKeys) -> State:
             list(p), list(d),
         )  # fmt: skip
         state.dataset_numbers = {(r[0], r[1]): r[2] or 0 for r in rows}
+        rows = await con.fetch(_LATEST_VERSIONS, list(p), list(d))
+        state.dataset_latest = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+    if keys.reads:
+        p, r, d = zip(*keys.reads, strict=True)
+        rows = await con.fetch(_READS, list(p), list(r), list(d))
+        state.reads = {(row[0], row[1], row[2]): row[3] for row in rows}
     if keys.models:
         p, m = zip(*keys.models, strict=True)
         rows = await con.fetch(
@@ -78,6 +84,27 @@ async def load_state(con: Connection, keys: StateKeys) -> State:
             a = Assignment(**{f: r[f] for f in Assignment.__slots__})
             state.assignments.setdefault((a.project, a.kind, a.model, a.name), []).append(a)
     return state
+
+
+# Each dataset's highest-numbered version (an index scan backwards on (project, dataset, number)).
+_LATEST_VERSIONS = """
+SELECT k.project, k.dataset, dv.version, dv.digest
+FROM unnest($1::text[], $2::text[]) AS k(project, dataset)
+CROSS JOIN LATERAL (
+    SELECT version, digest FROM dataset_versions dv
+    WHERE dv.project = k.project AND dv.dataset = k.dataset ORDER BY number DESC LIMIT 1
+) dv
+"""
+
+# The version of a dataset each run read (its input edges from the dataset's versions; a dataset
+# name holds no `@`, a version id neither, so the prefix names exactly that dataset's versions).
+_READS = """
+SELECT k.project, k.run_id, k.dataset, substr(e.src, length(k.prefix) + 1)
+FROM (SELECT project, run_id, dataset, 'dataset_version:' || dataset || '@' AS prefix
+      FROM unnest($1::text[], $2::text[], $3::text[]) AS u(project, run_id, dataset)) k
+JOIN lineage_edges e ON e.project = k.project AND e.dst = 'run:' || k.run_id
+                    AND e.edge_type = 'input' AND starts_with(e.src, k.prefix)
+"""
 
 
 _UPSERT_PROJECT = """
@@ -164,8 +191,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING
 
 _DATASET_VERSION = """
 INSERT INTO dataset_versions (project, dataset, version, number, uri, digest, size_bytes, row_count,
-                              schema, parents, produced_by_run, created_by, created_at, recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                              schema, parents, produced_by_run, created_by, created_at, recorded_at,
+                              source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
 _MODEL_VERSION = """
@@ -193,6 +221,33 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (event_id
 _ANNOTATION = """
 INSERT INTO annotations (event_id, project, subject, text, labels, author, added_at, recorded_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING
+"""
+
+# A version a pipeline reported (dataset.version.reported, dataset.read): no digest.
+_DATASET_VERSION_REPORTED = """
+INSERT INTO dataset_versions (project, dataset, version, number, uri, size_bytes, row_count,
+                              schema, parents, produced_by_run, created_by, created_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+"""
+
+# A later report of a digest-less version fills in what it adds: the newest schema, row count
+# and size win; the first producer and digest stay. A version with a digest is left alone.
+_DATASET_VERSION_FILLED = """
+UPDATE dataset_versions SET schema = coalesce($4, schema), row_count = coalesce($5, row_count),
+    size_bytes = coalesce($6, size_bytes), digest = coalesce(digest, $7),
+    produced_by_run = coalesce(produced_by_run, $8)
+WHERE project = $1 AND dataset = $2 AND version = $3 AND digest IS NULL
+"""
+
+# The newest report of a facet wins: by the OpenLineage event time, then store position.
+_FACET = """
+INSERT INTO openlineage_facets AS t (project, node, scope, name, value, reported_at, position,
+                                     event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (project, node, scope, name) DO UPDATE SET
+    value = EXCLUDED.value, reported_at = EXCLUDED.reported_at, position = EXCLUDED.position,
+    event_id = EXCLUDED.event_id
+WHERE (EXCLUDED.reported_at, EXCLUDED.position) >= (t.reported_at, t.position)
 """
 
 _EDGE = """
@@ -255,6 +310,10 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_OUTPUT, ch.outputs)
     if ch.dataset_versions:
         await con.executemany(_DATASET_VERSION, ch.dataset_versions)
+    if ch.dataset_versions_reported:
+        await con.executemany(_DATASET_VERSION_REPORTED, ch.dataset_versions_reported)
+    if ch.dataset_versions_filled:  # after the inserts: a version may be made and filled in a batch
+        await con.executemany(_DATASET_VERSION_FILLED, ch.dataset_versions_filled)
     if ch.model_versions:
         await con.executemany(_MODEL_VERSION, ch.model_versions)
     if ch.assignments_new:
@@ -272,6 +331,8 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_ANNOTATION, ch.annotations)
     if ch.edges:
         await con.executemany(_EDGE, list(ch.edges.values()))
+    if ch.facets:
+        await con.executemany(_FACET, list(ch.facets.values()))
     for redaction in ch.redactions:
         await _redact(con, redaction.event, redaction.fields, redaction.reason)
     if ch.rejected:

@@ -38,6 +38,7 @@ __all__ = [
     "known_versions",
     "schema_dir",
     "schema_path",
+    "schema_violations",
     "upcast",
     "validate_batch",
     "validate_event",
@@ -49,14 +50,17 @@ CURRENT_VERSIONS: Mapping[str, int] = MappingProxyType(
     {
         "project.created": 1,
         "dataset.created": 1,
-        "dataset.version.created": 1,
-        "run.started": 2,
+        "dataset.version.created": 2,
+        "dataset.version.reported": 1,
+        "dataset.read": 1,
+        "run.started": 3,
         "run.params.logged": 1,
         "run.metrics.logged": 1,
         "run.tags.set": 1,
         "run.input.used": 1,
         "run.output.produced": 1,
         "run.finished": 1,
+        "run.diff.recorded": 1,
         "model.created": 1,
         "model.version.registered": 1,
         "model.alias.set": 1,
@@ -67,6 +71,7 @@ CURRENT_VERSIONS: Mapping[str, int] = MappingProxyType(
         "model.version.undeployed": 1,
         "annotation.added": 1,
         "subject.redacted": 1,
+        "openlineage.event.reported": 1,
     }
 )
 EVENT_TYPES: tuple[str, ...] = tuple(CURRENT_VERSIONS)
@@ -74,12 +79,12 @@ EVENT_TYPES: tuple[str, ...] = tuple(CURRENT_VERSIONS)
 # One bad event can carry 10,000 bad metrics; the client needs the first few, not all of them.
 MAX_VIOLATIONS_PER_EVENT = 100
 
-# Fields the event store assigns; a client that sends them has misunderstood the protocol.
 # How deep objects and arrays may nest in a payload. Free-form values (params, labels, signatures)
 # rarely need more than a few levels; without a bound, a payload nested a few hundred levels
 # deep could not be stored or re-encoded at all (orjson encodes at most 254 levels).
 MAX_DEPTH = 32
 
+# Fields the event store assigns; a client that sends them has misunderstood the protocol.
 _STORE_FIELDS = frozenset({"recorded_at", "position"})
 
 
@@ -458,6 +463,15 @@ def _document_order(root: object, keys: Sequence[str]) -> tuple[tuple[int, int, 
     return tuple(order)
 
 
+def schema_violations(
+    exc: fastjsonschema.JsonSchemaException, root: object, prefix: str = "", index: int = 0
+) -> list[Violation]:
+    """The violations a fastjsonschema validator compiled elsewhere (with ``fast_fail=False``)
+    found in ``root``, in the contract's words: for adapters that check a foreign format (an
+    OpenLineage event) before turning it into events."""
+    return _violations(exc, root, prefix, index)
+
+
 def _violations(
     exc: fastjsonschema.JsonSchemaException, root: object, prefix: str, index: int
 ) -> list[Violation]:
@@ -504,7 +518,7 @@ def _subject_rule(event_type: str) -> tuple[re.Pattern[str], str]:
     if family in _SUBJECT_SHAPES:
         shape, hint = _SUBJECT_SHAPES[family]
         return re.compile(shape), hint
-    # annotation.added and subject.redacted are about any aggregate.
+    # annotation.added, subject.redacted and openlineage.event.reported are about any aggregate.
     shapes = [shape for shape, _hint in _SUBJECT_SHAPES.values()]
     hints = [hint for _shape, hint in _SUBJECT_SHAPES.values()]
     return re.compile("|".join(shapes)), _either(hints)
@@ -535,7 +549,6 @@ def _subject_violation(event: Mapping[str, Any], index: int) -> Violation | None
 # --------------------------------------------------------------------------- validation
 
 
-def validate_event(raw: object, index: int = 0) -> list[Violation]:
 def _too_deep(root: object, limit: int = MAX_DEPTH) -> list[str] | None:
     """The keys leading to the first container nested deeper than ``limit``, or None."""
     stack: list[tuple[object, list[str]]] = [(root, [])]
@@ -554,6 +567,7 @@ def _too_deep(root: object, limit: int = MAX_DEPTH) -> list[str] | None:
     return None
 
 
+def validate_event(raw: object, index: int = 0) -> list[Violation]:
     """Check one event (as parsed from JSON) against the contract; return [] when it is valid.
 
     The envelope is checked first; the payload is checked against ``<type>.v<schema_version>``
@@ -670,10 +684,22 @@ def _run_started_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _only_adds_optional_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version that only adds optional fields: the old payload is valid as it is.
+
+    run.started v2 -> v3 (command line, working directory, diff, reproduces) and
+    dataset.version.created v1 -> v2 (source); an old run lacks them, and `studbook reproduce`
+    says so.
+    """
+    return dict(payload)
+
+
 # Keyed by (type, from_version); each is a pure function from payload v to payload v + 1.
 UPCASTERS: Mapping[tuple[str, int], Upcaster] = MappingProxyType(
     {
         ("run.started", 1): _run_started_v1_to_v2,
+        ("run.started", 2): _only_adds_optional_fields,
+        ("dataset.version.created", 1): _only_adds_optional_fields,
     }
 )
 

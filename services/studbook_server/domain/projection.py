@@ -10,6 +10,8 @@ Read this module top-down to see what happens to, say, a `run.started` event: fi
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections import ChainMap
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
@@ -104,6 +106,7 @@ class StateKeys:
     datasets: frozenset[tuple[str, str]]  # project, dataset (for the next version number)
     models: frozenset[tuple[str, str]]  # project, model (for version numbers)
     assignments: frozenset[AssignmentKey]
+    reads: frozenset[tuple[str, str, str]] = frozenset()  # project, run, dataset (dataset.read)
 
 
 @dataclass(slots=True)
@@ -114,11 +117,20 @@ class State:
     an :meth:`overlay` that is merged back only when the whole rule succeeded.
     """
 
-    dataset_version_digests: MutableMapping[tuple[str, str, str], str] = field(default_factory=dict)
+    # None for a version reported without a digest (dataset.version.reported).
+    dataset_version_digests: MutableMapping[tuple[str, str, str], str | None] = field(
+        default_factory=dict
+    )
     dataset_numbers: MutableMapping[tuple[str, str], int] = field(default_factory=dict)
     model_numbers: MutableMapping[tuple[str, str], int] = field(default_factory=dict)
     # Rows believed now (recorded_to IS NULL), per key, any order.
     assignments: MutableMapping[AssignmentKey, list[Assignment]] = field(default_factory=dict)
+    # Each dataset's latest version (the highest number): its id and digest (None: reported).
+    dataset_latest: MutableMapping[tuple[str, str], tuple[str, str | None]] = field(
+        default_factory=dict
+    )
+    # The version of a dataset a run read first (dataset.read): (project, run, dataset) -> version.
+    reads: MutableMapping[tuple[str, str, str], str] = field(default_factory=dict)
 
     def overlay(self) -> State:
         """A scratch view: reads fall through to this state, writes stay in the overlay."""
@@ -127,6 +139,8 @@ class State:
             ChainMap({}, self.dataset_numbers),
             ChainMap({}, self.model_numbers),
             ChainMap({}, self.assignments),
+            ChainMap({}, self.dataset_latest),
+            ChainMap({}, self.reads),
         )
 
     def absorb(self, overlay: State) -> None:
@@ -136,6 +150,8 @@ class State:
             (self.dataset_numbers, overlay.dataset_numbers),
             (self.model_numbers, overlay.model_numbers),
             (self.assignments, overlay.assignments),
+            (self.dataset_latest, overlay.dataset_latest),
+            (self.reads, overlay.reads),
         ):
             assert isinstance(theirs, ChainMap)
             mine.update(theirs.maps[0])
@@ -201,6 +217,9 @@ class Changes:
     outputs: list[Row] = field(default_factory=list)
     datasets: dict[tuple[str, str], Row] = field(default_factory=dict)
     dataset_versions: list[Row] = field(default_factory=list)
+    # Versions reported without a digest (new rows), and later reports filling in their gaps.
+    dataset_versions_reported: list[Row] = field(default_factory=list)
+    dataset_versions_filled: list[Row] = field(default_factory=list)
     models: dict[tuple[str, str], Row] = field(default_factory=dict)
     model_versions: list[Row] = field(default_factory=list)
     assignments_new: list[Assignment] = field(default_factory=list)
@@ -209,6 +228,8 @@ class Changes:
     approvals: list[Row] = field(default_factory=list)
     annotations: list[Row] = field(default_factory=list)
     edges: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
+    # OpenLineage facets, the newest report of each (project, node, scope, facet name).
+    facets: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
     redactions: list[Redaction] = field(default_factory=list)
     rejected: list[tuple[StoredEvent, str]] = field(default_factory=list)
     last_position: int = 0
@@ -253,12 +274,22 @@ class Changes:
                     named.setdefault(named_key, row)
         for edge, row in one.edges.items():
             self.edges.setdefault(edge, row)
+        for facet, row in one.facets.items():
+            kept = self.facets.get(facet)
+            if kept is None or _facet_order(row) >= _facet_order(kept):
+                self.facets[facet] = row
 
 
 _APPENDED = (
     "runs_started", "runs_finished", "metric_points", "outputs", "dataset_versions",
+    "dataset_versions_reported", "dataset_versions_filled",
     "model_versions", "approvals", "annotations", "redactions", "rejected",
 )  # fmt: skip
+
+
+def _facet_order(row: Row) -> tuple[Any, ...]:
+    """Which report of a facet is newer: by the OpenLineage event time, then store position."""
+    return (row[5], row[6])
 
 
 class Rejected(Exception):
@@ -274,13 +305,17 @@ def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
     datasets: set[tuple[str, str]] = set()
     models: set[tuple[str, str]] = set()
     assignments: set[AssignmentKey] = set()
+    reads: set[tuple[str, str, str]] = set()
     for stored in events:
         e = stored.event
         p = e.payload
         # `.get`: a payload missing a field is refused by its rule in `project`, not here.
-        if e.type == "dataset.version.created":
+        if e.type in ("dataset.version.created", "dataset.version.reported"):
             versions.add((e.project, e.subject_key, str(p.get("version"))))
             datasets.add((e.project, e.subject_key))
+        elif e.type == "dataset.read":
+            datasets.add((e.project, e.subject_key))
+            reads.add((e.project, str(p.get("run")), e.subject_key))
         elif e.type.startswith("model."):
             models.add((e.project, e.subject_key))
             if e.type in ("model.alias.set", "model.alias.removed"):
@@ -288,8 +323,9 @@ def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
             elif e.type in ("model.version.deployed", "model.version.undeployed"):
                 assignments.add((e.project, "deployment", e.subject_key, str(p.get("environment"))))
     return StateKeys(
-        frozenset(versions), frozenset(datasets), frozenset(models), frozenset(assignments)
-    )
+        frozenset(versions), frozenset(datasets), frozenset(models), frozenset(assignments),
+        frozenset(reads),
+    )  # fmt: skip
 
 
 def project(events: Iterable[StoredEvent], state: State) -> Changes:
@@ -362,8 +398,18 @@ def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
     e, p = s.event, s.event.payload
     dataset, version = e.subject_key, p["version"]
     key = (e.project, dataset, version)
-    known = state.dataset_version_digests.get(key)
-    if known is not None:
+    if key in state.dataset_version_digests:
+        known = state.dataset_version_digests[key]
+        if known is None:
+            # A version a pipeline reported, now hashed: it keeps its number, and learns its digest.
+            state.dataset_version_digests[key] = p["digest"]
+            ch.dataset_versions_filled.append(
+                (
+                    e.project, dataset, version, p.get("schema"), p.get("row_count"),
+                    p.get("size_bytes"), p["digest"], p.get("produced_by_run"),
+                )
+            )  # fmt: skip
+            return
         if known == p["digest"]:
             return  # the same content registered again: nothing new
         raise Rejected(
@@ -373,10 +419,16 @@ def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
     state.dataset_version_digests[key] = p["digest"]
     number = state.dataset_numbers.get((e.project, dataset), 0) + 1
     state.dataset_numbers[(e.project, dataset)] = number
+    latest = state.dataset_latest.get((e.project, dataset))
+    state.dataset_latest[(e.project, dataset)] = (version, p["digest"])
     # A version implies its dataset; an explicit dataset.created (earlier or later) wins.
     ch.datasets.setdefault((e.project, dataset), _dataset_row(s, None, None, False))
     parents = [{"dataset": r["dataset"], "version": r["version"]} for r in p.get("parents", [])]
     run = p.get("produced_by_run")
+    if not parents and run is None and latest is not None and latest[1] is None:
+        # Training code hashing the data a pipeline reported (the dataset its uri names, e.g.
+        # `dataset_version(uri=...)`): the copy derives from the pipeline's latest version.
+        parents = [{"dataset": dataset, "version": latest[0]}]
     ch.dataset_versions.append(
         (
             e.project,
@@ -393,6 +445,7 @@ def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
             s.who,
             e.occurred_at,
             s.recorded_at,
+            p.get("source"),
         )
     )
     node = dataset_version_node(dataset, version)
@@ -400,6 +453,115 @@ def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
         _edge(ch, s, "derived", dataset_version_node(parent["dataset"], parent["version"]), node)
     if run is not None:
         _edge(ch, s, "output", run_node(run), node)
+
+
+# The version a read links to when it names none and the dataset has no version yet: the data
+# as it was before any writer reported it.
+UNVERSIONED = "unversioned"
+
+
+def _reported_version(
+    s: StoredEvent, state: State, ch: Changes, dataset: str, version: str, uri: str
+) -> bool:
+    """Make ``dataset@version`` a version without a digest (size, rows, schema and producer
+    from the event's payload, when it has them) unless it exists; whether it is new."""
+    e, p = s.event, s.event.payload
+    key = (e.project, dataset, version)
+    if key in state.dataset_version_digests:
+        return False
+    state.dataset_version_digests[key] = None
+    number = state.dataset_numbers.get((e.project, dataset), 0) + 1
+    state.dataset_numbers[(e.project, dataset)] = number
+    state.dataset_latest[(e.project, dataset)] = (version, None)
+    # A pipeline's version is a state of the dataset itself, so the dataset lives at its uri.
+    ch.datasets.setdefault((e.project, dataset), _dataset_row(s, None, uri, False))
+    ch.dataset_versions_reported.append(
+        (
+            e.project, dataset, version, number, uri, p.get("size_bytes"), p.get("row_count"),
+            p.get("schema"), [], p.get("produced_by_run"), s.who, e.occurred_at, s.recorded_at,
+        )
+    )  # fmt: skip
+    return True
+
+
+def _dataset_version_reported(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    dataset, version = e.subject_key, p["version"]
+    run = p.get("produced_by_run")
+    if not _reported_version(s, state, ch, dataset, version, p["uri"]):
+        # Reported again (a run's COMPLETE after its START): fill in what the report adds.
+        ch.dataset_versions_filled.append(
+            (
+                e.project, dataset, version, p.get("schema"), p.get("row_count"),
+                p.get("size_bytes"), None, run,
+            )
+        )  # fmt: skip
+    if run is not None:
+        _edge(ch, s, "output", run_node(run), dataset_version_node(dataset, version))
+
+
+def _dataset_read(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    dataset = e.subject_key
+    read = (e.project, p["run"], dataset)
+    if read in state.reads:
+        return  # a run's first read of a dataset says which version it read (OpenLineage
+        # integrations list a run's inputs again at COMPLETE, by when a new version may exist)
+    version = p.get("version")
+    if version is None:
+        # Store order is Kafka's order within the dataset's partition: a write reported before
+        # this read is known here, whichever partition the runs' own events took.
+        latest = state.dataset_latest.get((e.project, dataset))
+        version = latest[0] if latest is not None else UNVERSIONED
+        if latest is None:
+            _reported_version(s, state, ch, dataset, version, p["uri"])
+    state.reads[read] = version
+    ch.datasets.setdefault((e.project, dataset), _dataset_row(s, None, p["uri"], False))
+    _edge(ch, s, "input", dataset_version_node(dataset, version), run_node(p["run"]), p.get("role"))
+
+
+def _openlineage_event_reported(s: StoredEvent, state: State, ch: Changes) -> None:
+    """Keep the event's facets, each under the run or dataset it describes (the event itself
+    stays in the store, verbatim): a run's `run` and `job` facets and its datasets' input and
+    output facets (scope `input:<dataset>`, `output:<dataset>`), and every dataset's facets. A
+    facet sent with `_deleted: true` is removed."""
+    e, p = s.event, s.event.payload
+    event = p.get("event") or {}  # `event` may have been erased by a redaction
+
+    def keep(node: str, scope: str, facets: object) -> None:
+        if not isinstance(facets, dict):
+            return
+        for name, value in facets.items():
+            deleted = isinstance(value, dict) and value.get("_deleted") is True
+            row = (
+                e.project, node, scope, name, None if deleted else value, e.occurred_at,
+                s.position, e.event_id,
+            )  # fmt: skip
+            key = (e.project, node, scope, name)
+            mine = ch.facets.get(key)
+            if mine is None or _facet_order(row) >= _facet_order(mine):
+                ch.facets[key] = row
+
+    def dataset(named: dict[str, str], facets: object) -> str:
+        name = named["dataset"]
+        # The event's subject is the run (or project): the row names the dataset itself.
+        row = (e.project, name, None, named["uri"], s.who, e.occurred_at, s.recorded_at, False)
+        ch.datasets.setdefault((e.project, name), row)
+        keep(f"dataset:{name}", "dataset", facets)
+        return name
+
+    runs = p["kind"] == "RunEvent"
+    if runs:
+        keep(e.subject, "run", (event.get("run") or {}).get("facets"))
+        keep(e.subject, "job", (event.get("job") or {}).get("facets"))
+    for side, own in (("inputs", "inputFacets"), ("outputs", "outputFacets")):
+        sent = event.get(side) or []
+        for item, named in zip(sent, p.get(side) or [], strict=False):
+            name = dataset(named, item.get("facets") if isinstance(item, dict) else None)
+            if runs and isinstance(item, dict):
+                keep(e.subject, f"{side[:-1]}:{name}", item.get(own))
+    if "dataset" in p:
+        dataset(p["dataset"], (event.get("dataset") or {}).get("facets"))
 
 
 def _edge(
@@ -431,6 +593,30 @@ def _run_started(s: StoredEvent, state: State, ch: Changes) -> None:
             p.get("environment"),
         )
     )
+    rerun = p.get("reproduces")
+    if rerun is not None:
+        # A re-run by `studbook reproduce`: exact (same params) or derived (params changed).
+        kind = "derived_run" if rerun.get("derived") else "reproduced"
+        _edge(ch, s, kind, run_node(rerun["run"]), run_node(e.subject_key))
+
+
+def _run_diff_recorded(s: StoredEvent, state: State, ch: Changes) -> None:
+    """The diff stays in the event store, where `Run.codeDiff` reads it: no copy in the read
+    models, so a redaction of `diff` erases it everywhere. Only its digest is checked here."""
+    p = s.event.payload
+    if not {"diff", "encoding", "size_bytes"} <= p.keys():
+        return  # erased by a redaction (the event store replays it so on a rebuild)
+    data = (
+        base64.b64decode(p["diff"], validate=True)
+        if p["encoding"] == "base64"
+        else p["diff"].encode()
+    )
+    found = "sha256:" + hashlib.sha256(data).hexdigest()
+    if found != p["digest"] or len(data) != p["size_bytes"]:
+        raise Rejected(
+            f"`run.diff.recorded`: the diff's content ({len(data)} bytes, {found}) does not "
+            f"match its `digest` {p['digest']} and `size_bytes` {p['size_bytes']}"
+        )
 
 
 def _run_params_logged(s: StoredEvent, state: State, ch: Changes) -> None:
@@ -694,13 +880,13 @@ def _annotation_added(s: StoredEvent, state: State, ch: Changes) -> None:
 NOT_REDACTABLE = frozenset({
     "name", "version", "digest", "dataset", "run", "alias", "environment", "status", "metrics",
     "params", "tags", "role", "parents", "produced_by_run", "artifact_uri", "uri", "parent_run",
-    "fields",
+    "fields", "reproduces",
 })  # fmt: skip
 
 
 # Fields nothing inside of which may be erased either: lineage references, and values the read
 # models keep (a redaction erases stored events, not these tables).
-NOT_REDACTABLE_WITHIN = frozenset({"parents", "metrics", "params", "tags"})
+NOT_REDACTABLE_WITHIN = frozenset({"parents", "metrics", "params", "tags", "reproduces"})
 
 
 def refused_redactions(fields: Iterable[str]) -> list[str]:
@@ -734,6 +920,8 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "project.created": _project_created,
     "dataset.created": _dataset_created,
     "dataset.version.created": _dataset_version_created,
+    "dataset.version.reported": _dataset_version_reported,
+    "dataset.read": _dataset_read,
     "run.started": _run_started,
     "run.params.logged": _run_params_logged,
     "run.metrics.logged": _run_metrics_logged,
@@ -741,6 +929,7 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "run.input.used": _run_input_used,
     "run.output.produced": _run_output_produced,
     "run.finished": _run_finished,
+    "run.diff.recorded": _run_diff_recorded,
     "model.created": _model_created,
     "model.version.registered": _model_version_registered,
     "model.alias.set": _model_alias_set,
@@ -751,4 +940,5 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "model.version.undeployed": _model_version_undeployed,
     "annotation.added": _annotation_added,
     "subject.redacted": _subject_redacted,
+    "openlineage.event.reported": _openlineage_event_reported,
 }

@@ -136,6 +136,36 @@ JOIN rm.runs r ON r.project = k.project AND 'run:' || r.run_id = e.dst
 ORDER BY k.i, e.dst
 """
 
+# Re-runs made by `studbook reproduce`: edges `reproduced` / `derived_run` from the original run
+# to the re-run. RERUNS: the re-runs of a run; RERUN_SOURCES: the run a run re-ran.
+RERUNS = """
+SELECT k.i, e.edge_type, r.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, node, i)
+JOIN rm.lineage_edges e ON e.project = k.project AND e.src = k.node
+                       AND e.edge_type IN ('reproduced', 'derived_run')
+JOIN rm.runs r ON r.project = k.project AND 'run:' || r.run_id = e.dst
+ORDER BY k.i, r.started_at, r.run_id
+"""
+
+RERUN_SOURCES = """
+SELECT k.i, e.edge_type, r.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, node, i)
+JOIN rm.lineage_edges e ON e.project = k.project AND e.dst = k.node
+                       AND e.edge_type IN ('reproduced', 'derived_run')
+JOIN rm.runs r ON r.project = k.project AND 'run:' || r.run_id = e.src
+ORDER BY k.i, r.started_at, r.run_id
+"""
+
+# A run's recorded diff: its first `run.diff.recorded` event (sent right after run.started, so
+# the subject's index finds it within a few rows), unless that event was dead-lettered.
+CODE_DIFFS = """
+SELECT k.i, d.payload FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, subject, i)
+CROSS JOIN LATERAL (
+    SELECT e.payload FROM public.events e
+    WHERE e.project = k.project AND e.subject = k.subject AND e.type = 'run.diff.recorded'
+      AND NOT EXISTS (SELECT 1 FROM public.dead_letters dl WHERE dl.position = e.position)
+    ORDER BY e.subject_seq LIMIT 1
+) d
+"""
+
 MODELS = """
 SELECT k.i, m.* FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, name, i)
 JOIN rm.models m ON m.project = k.project AND m.name = k.name
@@ -195,6 +225,14 @@ SELECT k.i, a.* FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]
 JOIN rm.approvals a ON a.project = k.project AND a.model = k.model AND a.version = k.version
 WHERE (k.at IS NULL OR a.decided_at <= k.at) AND (k.known IS NULL OR a.recorded_at <= k.known)
 ORDER BY k.i, (SELECT e.position FROM public.events e WHERE e.event_id = a.event_id)
+"""
+
+# OpenLineage facets of a run or a dataset (the newest report of each; deleted ones left out).
+OPENLINEAGE_FACETS = """
+SELECT k.i, f.scope, f.name, f.value FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(project, node, i)
+JOIN rm.openlineage_facets f ON f.project = k.project AND f.node = k.node
+WHERE f.value IS NOT NULL
+ORDER BY k.i, f.scope, f.name
 """
 
 ANNOTATIONS = """
@@ -334,6 +372,11 @@ class Loaders:
         """(project, kind, model, name, asOf, knownAt)"""
         return self._one(ASSIGNMENT_BY_NAME)
 
+    @cached_property
+    def code_diff(self) -> DataLoader[Key, Record | None]:
+        """(project, run subject)"""
+        return self._one(CODE_DIFFS)
+
     # Lists per key -----------------------------------------------------------------------
     @cached_property
     def params(self) -> DataLoader[Key, list[Record]]:
@@ -364,6 +407,16 @@ class Loaders:
     @cached_property
     def run_model_versions(self) -> DataLoader[Key, list[Record]]:
         return self._many(RUN_MODEL_VERSIONS)
+
+    @cached_property
+    def reruns(self) -> DataLoader[Key, list[Record]]:
+        """(project, run node): the runs that re-ran it, with the edge type."""
+        return self._many(RERUNS)
+
+    @cached_property
+    def rerun_sources(self) -> DataLoader[Key, list[Record]]:
+        """(project, run node): the run it re-ran, with the edge type."""
+        return self._many(RERUN_SOURCES)
 
     @cached_property
     def dataset_versions_page(self) -> DataLoader[Key, list[Record]]:
@@ -406,6 +459,11 @@ class Loaders:
     def annotations(self) -> DataLoader[Key, list[Record]]:
         """(project, subject)"""
         return self._many(ANNOTATIONS)
+
+    @cached_property
+    def openlineage_facets(self) -> DataLoader[Key, list[Record]]:
+        """(project, node): `run:<id>` or `dataset:<name>`"""
+        return self._many(OPENLINEAGE_FACETS)
 
     @cached_property
     def assignments_of_version(self) -> DataLoader[Key, list[Record]]:

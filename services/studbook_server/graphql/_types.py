@@ -149,6 +149,22 @@ async def _annotations(info: Info, project: str, subject: str) -> list[Annotatio
     return [Annotation.from_row(r) for r in rows]
 
 
+async def _facets(info: Info, project: str, node: str) -> dict[str, Any]:
+    """OpenLineage facets of a run (`run`, `job`, `inputs`/`outputs` per dataset) or of a
+    dataset (by facet name)."""
+    rows = await info.context.loaders.openlineage_facets.load((project, node))
+    if node.startswith("dataset:"):
+        return {r["name"]: r["value"] for r in rows}
+    out: dict[str, Any] = {"run": {}, "job": {}, "inputs": {}, "outputs": {}}
+    for r in rows:
+        scope, _, dataset = r["scope"].partition(":")
+        if dataset:
+            out[f"{scope}s"].setdefault(dataset, {})[r["name"]] = r["value"]
+        else:
+            out[scope][r["name"]] = r["value"]
+    return out
+
+
 @strawberry.type
 class Project(Node):
     name: str
@@ -318,6 +334,29 @@ class RunOutput:
         return None if ref is None else await _load_dataset_version(info, ref)
 
 
+@strawberry.type(
+    description="The uncommitted changes a run's working tree had (`git diff --binary HEAD`), as recorded by the SDK."
+)
+class CodeDiff:
+    digest: str = strawberry.field(description="sha256: of the diff's bytes.")
+    size_bytes: int
+    encoding: str | None = strawberry.field(
+        description="`utf-8` (text) or `base64` (bytes that are not UTF-8)."
+    )
+    text: str | None = strawberry.field(
+        description="The diff in `encoding`; null when it was erased by a redaction."
+    )
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> CodeDiff:
+        return cls(
+            digest=p["digest"],
+            size_bytes=p.get("size_bytes", 0),
+            encoding=p.get("encoding"),
+            text=p.get("diff"),
+        )
+
+
 @strawberry.type
 class Run(Node):
     project: str
@@ -452,9 +491,52 @@ class Run(Node):
         rows = await info.context.loaders.run_model_versions.load((self.project, self.run_id))
         return [ModelVersion.from_row(r) for r in rows]
 
+    async def _reruns(self, info: Info, sources: bool, edge_type: str) -> list[Run]:
+        loaders = info.context.loaders
+        loader = loaders.rerun_sources if sources else loaders.reruns
+        rows = await loader.load((self.project, f"run:{self.run_id}"))
+        return [Run.from_row(r) for r in rows if r["edge_type"] == edge_type]
+
+    @typed.field(
+        description="The run this run reproduces (`studbook reproduce`: same code, data, environment and params)."
+    )
+    async def reproduced_from(self, info: Info) -> Run | None:
+        found = await self._reruns(info, True, "reproduced")
+        return found[0] if found else None
+
+    @typed.field(description="Reproductions of this run, oldest first.")
+    async def reproductions(self, info: Info) -> list[Run]:
+        return await self._reruns(info, False, "reproduced")
+
+    @typed.field(
+        description="The run this run re-ran with changed params (`studbook reproduce --set`)."
+    )
+    async def derived_from(self, info: Info) -> Run | None:
+        found = await self._reruns(info, True, "derived_run")
+        return found[0] if found else None
+
+    @typed.field(description="Re-runs of this run with changed params, oldest first.")
+    async def derived_runs(self, info: Info) -> list[Run]:
+        return await self._reruns(info, False, "derived_run")
+
+    @typed.field(
+        description="The uncommitted changes recorded with the run, if its tree was dirty (and the diff under the SDK's size cap); `code.diff` names their digest."
+    )
+    async def code_diff(self, info: Info) -> CodeDiff | None:
+        row = await info.context.loaders.code_diff.load((self.project, f"run:{self.run_id}"))
+        return None if row is None else CodeDiff.from_payload(row["payload"])
+
     @typed.field()
     async def annotations(self, info: Info) -> list[Annotation]:
         return await _annotations(info, self.project, f"run:{self.run_id}")
+
+    @typed.field(
+        description="The OpenLineage facets reported for this run, the newest of each, as sent: "
+        "`{run: {name: facet}, job: {...}, inputs: {dataset: {...}}, outputs: {dataset: {...}}}` "
+        "(input and output facets by Studbook dataset name). Empty for runs reported otherwise."
+    )
+    async def facets(self, info: Info) -> JSON:
+        return JSON(await _facets(info, self.project, f"run:{self.run_id}"))
 
 
 @strawberry.type
@@ -495,6 +577,23 @@ class Dataset(Node):
     async def annotations(self, info: Info) -> list[Annotation]:
         return await _annotations(info, self.project, f"dataset:{self.name}")
 
+    @typed.field(
+        description="The OpenLineage dataset facets reported for it (schema, dataSource, "
+        "ownership, ...), the newest of each, as sent, by facet name."
+    )
+    async def facets(self, info: Info) -> JSON:
+        return JSON(await _facets(info, self.project, f"dataset:{self.name}"))
+
+
+@strawberry.type(
+    description="Where a dataset version hashed from a local path was read from, as recorded."
+)
+class DatasetVersionSource:
+    uri: str = strawberry.field(description="The path as a `file://` uri on the recording host.")
+    repo_path: str | None = strawberry.field(
+        description="The path within the git repository of the recording code, if inside it."
+    )
+
 
 @strawberry.type
 class DatasetVersion(Node):
@@ -503,7 +602,9 @@ class DatasetVersion(Node):
     version: str
     number: int
     uri: str
-    digest: str
+    digest: str | None = strawberry.field(
+        description="Content digest; null for a version a pipeline reported (OpenLineage)."
+    )
     size_bytes: int | None
     row_count: int | None
     schema: JSON | None
@@ -512,6 +613,7 @@ class DatasetVersion(Node):
     recorded_at: datetime
     parent_nodes: strawberry.Private[list[dict[str, str]]]
     produced_by_run: strawberry.Private[str | None]
+    source_doc: strawberry.Private[dict[str, str] | None]
 
     @classmethod
     def from_row(cls, r: Record) -> DatasetVersion:
@@ -531,7 +633,15 @@ class DatasetVersion(Node):
             recorded_at=r["recorded_at"],
             parent_nodes=r["parents"],
             produced_by_run=r["produced_by_run"],
+            source_doc=r["source"],
         )
+
+    @typed.field(description="Where it was read from, when it was hashed from a local path.")
+    def source(self) -> DatasetVersionSource | None:
+        doc = self.source_doc
+        if doc is None or "uri" not in doc:
+            return None
+        return DatasetVersionSource(uri=doc["uri"], repo_path=doc.get("repo_path"))
 
     @typed.field()
     async def dataset(self, info: Info) -> Dataset | None:
