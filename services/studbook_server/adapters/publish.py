@@ -134,10 +134,12 @@ class KafkaPublisher:
             if not self._replace:
                 return
             old, self.producer = self.producer, self._new_producer()
-            self._replace = False
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), self.timeout_s)
             await asyncio.wait_for(self.producer.start(), self.timeout_s)
+            # Only now: a producer whose start failed (the brokers still down) is replaced
+            # again by the next publish, instead of taking records it can never deliver.
+            self._replace = False
 
     async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
         try:
@@ -150,7 +152,7 @@ class KafkaPublisher:
         except (KafkaError, TimeoutError) as exc:
             # Some events of the request may have been written: a retry re-sends them, and the
             # projector stores each event id once.
-            self._replace = isinstance(exc, _WEDGED | TimeoutError) or self._replace
+            self._replace = isinstance(exc, (*_WEDGED, TimeoutError)) or self._replace
             raise PublishUnavailable(
                 f"Kafka did not acknowledge every event within {self.timeout_s:g} s "
                 f"({type(exc).__name__})"
