@@ -20,6 +20,7 @@ import pstats
 import re
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -80,9 +81,11 @@ async def fresh_database(
     name = f"{prefix}{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')  # name made above, never from input
-        url = with_database(admin_url, name)
         try:
+            # Inside the `try`: cancelled (SIGTERM) while PostgreSQL runs it, the database may
+            # still have been made.
+            await admin.execute(f'CREATE DATABASE "{name}"')  # name made above, never from input
+            url = with_database(admin_url, name)
             if migrate:
                 con = await postgres.connect(url)
                 try:
@@ -91,9 +94,21 @@ async def fresh_database(
                     await con.close()
             yield url
         finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await finish(admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         await admin.close()
+
+
+async def finish(aw: Awaitable[Any]) -> Any:
+    """Await `aw` to its end even if the caller is cancelled meanwhile (then re-raise): a
+    cleanup statement cancelled half-way, such as a DROP DATABASE on SIGTERM, would leave its
+    object behind."""
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 async def server_version(url: str) -> str:
@@ -110,6 +125,45 @@ async def machine_info(url: str) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "postgres": await server_version(url),
+        "code": code_under_test(),
+    }
+
+
+def loadavg_1m() -> float:
+    """The 1-minute load average: the host is shared, and a high one means other work overlapped."""
+    return round(os.getloadavg()[0], 2)
+
+
+# What a child of this process imports (the services and the SDK client are children, and they
+# inherit the environment): PYTHONPATH may point at another checkout, such as a worktree of a
+# baseline commit run with this tree's bench/ and .venv.
+_CODE_PROBE = """
+import json, studbook, studbook_server
+print(json.dumps({"studbook_server": studbook_server.__file__, "studbook": studbook.__file__}))
+"""
+
+
+def code_under_test() -> dict[str, Any]:
+    """Where the services and the SDK that ran come from: their package folders, that tree's
+    commit, and whether its `services`, `sdk` or `schema` had uncommitted changes."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _CODE_PROBE], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    if probe.returncode != 0:  # the run's figures are still worth printing
+        return {"probe_failed": (probe.stderr.strip().splitlines() or ["?"])[-1]}
+    files = json.loads(probe.stdout)
+    tree = Path(files["studbook_server"]).resolve().parents[2]
+
+    def git(*argv: str) -> str:
+        out = subprocess.run(["git", "-C", str(tree), *argv], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    return {
+        **{name: str(Path(f).parent) for name, f in files.items()},
+        "commit": git("rev-parse", "--short=12", "HEAD") or None,
+        "uncommitted_changes": bool(
+            git("status", "--porcelain", "--", "services", "sdk", "schema")
+        ),
     }
 
 
@@ -186,7 +240,7 @@ async def fresh_topic(bootstrap: str, prefix: str) -> AsyncIterator[str]:
             yield name
         finally:
             with contextlib.suppress(Exception):
-                await admin.delete_topics([name])
+                await finish(admin.delete_topics([name]))
     finally:
         await admin.close()
 
@@ -442,6 +496,22 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     prof.add_argument("--profile", action="store_true", help="profile even if targets are met")
     prof.add_argument("--no-profile", action="store_true", help="never profile")
     p.add_argument("--profile-top", type=int, default=20, help="functions listed per profile")
+
+
+def parse_with_tiny(
+    p: argparse.ArgumentParser, tiny: dict[str, Any], argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse `argv` with a `--tiny` flag that makes `tiny` the defaults (a workload of a few
+    seconds, for tests/test_bench_smoke.py); options given explicitly still win."""
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny workload, to check that the benchmark runs (its rates mean nothing): "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in tiny.items()),
+    )
+    if p.parse_known_args(argv)[0].tiny:
+        p.set_defaults(**tiny)
+    return p.parse_args(argv)
 
 
 def add_service_args(p: argparse.ArgumentParser, *, timeout: float, timeout_help: str) -> None:

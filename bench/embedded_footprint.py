@@ -1,6 +1,6 @@
 """Embedded mode's footprint: cold start to ready, and resident memory when idle.
 
-    .venv/bin/python bench/embedded_footprint.py [--repeat 5]
+    .venv/bin/python bench/embedded_footprint.py [--repeat 5] [--idle 3] [--tiny]
 
 Starts `studbook-server up` on a fresh data folder (initdb included; the demo loads in the
 background once the service is ready) and then a second time on the same folder (the everyday
@@ -134,9 +134,19 @@ def fresh_folder() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--idle", type=float, default=3.0, help="seconds idle before measuring")
+    parser.add_argument("--repeat", type=int, help="first start + restart pairs (default 5)")
+    parser.add_argument(
+        "--idle", type=float, help="seconds idle before measuring memory (default 3)"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="defaults --repeat 1 --idle 0.5: checks that the benchmark runs (tests/"
+        "test_bench_smoke.py); the memory figures are taken before the service has settled",
+    )
     args = parser.parse_args()
+    args.repeat = args.repeat or (1 if args.tiny else 5)
+    args.idle = args.idle if args.idle is not None else (0.5 if args.tiny else 3.0)
     samples: dict[str, list[dict[str, float]]] = {
         "up_first_start": [], "up_restart": [], "postgres_alone_first": [], "postgres_alone_restart": []
     }  # fmt: skip

@@ -1,12 +1,13 @@
 """GraphQL read-path latency through HTTP, on the graph `bench/lineage_graph.py` generated.
 
 Starts the API in a uvicorn subprocess (one process, like one per core behind an orchestrator),
-then sends each query sequentially over one kept-alive connection (httpx) with a real read token,
+then sends each query sequentially over one kept-alive connection (httpx2: the dev extra's
+httpx-compatible client, the one starlette's TestClient uses) with a real read token,
 and reports p50 / p95 / p99 per query next to a trivial `{ __typename }` through the same server,
 so the ratios show what the query itself costs. Every response is checked for errors.
 
     .venv/bin/python bench/lineage_graph.py            # once: builds the `studbook_bench` database
-    .venv/bin/python bench/graphql_queries.py [--database studbook_bench] [--rounds N]
+    .venv/bin/python bench/graphql_queries.py [--database studbook_bench] [--rounds N] [--tiny]
 
 Targets (2-core machine): lineage depth 10 incl. hubs p95 <= 20 ms; searchRuns with a metric
 filter and ordering over 100k runs p95 <= 20 ms; model version by alias p50 <= 5 ms;
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import httpx2
 from starlette.applications import Starlette
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:15432/postgres"
@@ -149,9 +150,9 @@ def serve(url: str) -> Any:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.post(f"{base}/graphql", json={"query": "{ __typename }"}, timeout=1)
+                httpx2.post(f"{base}/graphql", json={"query": "{ __typename }"}, timeout=1)
                 break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the API did not start") from None
                 time.sleep(0.1)
@@ -162,6 +163,14 @@ def serve(url: str) -> Any:
 
 
 # ------------------------------------------------------------------------------ measurement
+
+
+def redacted(url: str) -> str:
+    """`url` without its password: reports are pasted into documents and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -179,7 +188,7 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
-def measure(client: httpx.Client, query: str, variables: list[dict[str, Any]], rounds: int,
+def measure(client: httpx2.Client, query: str, variables: list[dict[str, Any]], rounds: int,
             check: Any = None) -> tuple[list[float], list[Any]]:  # fmt: skip
     """Time ``rounds`` requests cycling through ``variables`` (after one warm-up pass)."""
     for v in variables[: min(len(variables), 20)]:
@@ -245,17 +254,23 @@ async def samples(url: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", default="studbook_bench")
-    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--rounds", type=int, help="requests per query (default 200)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="--rounds 5 (unless given): checks that the benchmark runs, on `lineage_graph.py "
+        "--tiny`; its timings mean nothing",
+    )
     args = parser.parse_args()
     admin = os.environ.get("STUDBOOK_DATABASE_URL") or DEFAULT_ADMIN_URL
     url = urlunsplit(urlsplit(admin)._replace(path=f"/{args.database}"))
     picked = asyncio.run(samples(url))
-    rounds = args.rounds
-    report: dict[str, Any] = {"database": url, "rounds": rounds, "results": {}}
+    rounds = args.rounds or (5 if args.tiny else 200)
+    report: dict[str, Any] = {"database": redacted(url), "rounds": rounds, "results": {}}
     results = report["results"]
     with (
         serve(url) as base,
-        httpx.Client(
+        httpx2.Client(
             base_url=base, headers={"authorization": f"Bearer {picked['token']}"}, timeout=30
         ) as client,
     ):

@@ -12,9 +12,11 @@ read-model tables of project `bench` with COPY, deterministically (seeded):
   (the `compareRuns` set); 15% register a model version (15,000 versions of 200 models), with
   `production` / `staging` alias histories, approvals and deployments.
 
-Then VACUUM ANALYZE. Prints one JSON object (row counts, database URL, seconds) on stdout.
+Then VACUUM ANALYZE. Prints one JSON object (row counts, database URL without its password,
+seconds) on stdout. `--tiny` builds the same shape with about 4,000 edges and 1,300 runs, in
+seconds.
 
-    .venv/bin/python bench/lineage_graph.py [--database studbook_bench]
+    .venv/bin/python bench/lineage_graph.py [--database studbook_bench] [--tiny]
 
 Then measure with `bench/graphql_queries.py` (same `--database`). Needs PostgreSQL from
 `scripts/stack up` (STUDBOOK_DATABASE_URL, or the stack's default).
@@ -31,6 +33,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,13 +44,43 @@ from studbook_server.adapters import postgres
 
 P = "bench"
 SEED = 20260301
-RAW_DATASETS, RAW_VERSIONS = 2000, 5
-LAYERS, PIPELINE_RUNS_PER_LAYER = 12, 12_500
-TRAINING_RUNS = 100_000
-HUBS = {"dataset_version:raw-0@v1": 50_000, "dataset_version:raw-1@v1": 20_000,
-        "dataset_version:raw-2@v1": 5_000}  # fmt: skip
-COMPARE_RUNS, COMPARE_METRICS = 1000, 50
-MODEL_SHARE, MODELS = 0.15, 200
+COMPARE_METRICS = 50
+MODEL_SHARE = 0.15
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big the graph is. The default is the benchmark's; `TINY` (`--tiny`) only checks that
+    the script and `graphql_queries.py` run (tests/test_bench_smoke.py). Both keep what
+    `graphql_queries.py` relies on: the hubs `raw-0..2@v1`, and 1,000 training runs with
+    `COMPARE_METRICS` metrics, of which compareRuns takes every tenth."""
+
+    raw_datasets: int = 2000
+    raw_versions: int = 5
+    layers: int = 12
+    pipeline_runs_per_layer: int = 12_500
+    training_runs: int = 100_000
+    hubs: dict[str, int] = field(
+        default_factory=lambda: {
+            "dataset_version:raw-0@v1": 50_000,
+            "dataset_version:raw-1@v1": 20_000,
+            "dataset_version:raw-2@v1": 5_000,
+        }
+    )
+    compare_runs: int = 1000
+    models: int = 200
+
+
+FULL = Sizes()
+TINY = Sizes(
+    raw_datasets=20,
+    layers=3,
+    pipeline_runs_per_layer=100,
+    training_runs=1000,
+    hubs={"dataset_version:raw-0@v1": 500, "dataset_version:raw-1@v1": 200,
+          "dataset_version:raw-2@v1": 50},
+    models=20,
+)  # fmt: skip
 METRICS = ["accuracy", "loss", "auc", "f1", "precision", "recall", "val_loss", "val_accuracy",
            "latency_ms", "throughput"]  # fmt: skip
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -69,7 +102,8 @@ def digest(i: int, salt: str) -> str:
 class Graph:
     """Everything generated, as row iterators per table (columns in table order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: Sizes = FULL) -> None:
+        self.n = sizes
         self.rnd = random.Random(SEED)
         self.layers: list[list[str]] = []  # dataset version nodes per layer (0 = raw)
         self.pipeline: list[tuple[str, int, list[str], str]] = []  # run id, layer, inputs, output
@@ -81,14 +115,14 @@ class Graph:
         self.layers.append(
             [
                 f"dataset_version:raw-{d}@v{v}"
-                for d in range(RAW_DATASETS)
-                for v in range(1, RAW_VERSIONS + 1)
+                for d in range(self.n.raw_datasets)
+                for v in range(1, self.n.raw_versions + 1)
             ]
         )
-        for layer in range(1, LAYERS + 1):
+        for layer in range(1, self.n.layers + 1):
             out = []
             below = self.layers[layer - 1]
-            for i in range(PIPELINE_RUNS_PER_LAYER):
+            for i in range(self.n.pipeline_runs_per_layer):
                 run = f"pipe-{layer}-{i}"
                 inputs = rnd.sample(below, 2)
                 node = f"dataset_version:feat-{layer}-{i}@v1"
@@ -96,8 +130,10 @@ class Graph:
                 out.append(node)
             self.layers.append(out)
         pipeline_nodes = [n for layer in self.layers[1:] for n in layer]
-        hub_users = {hub: set(rnd.sample(range(TRAINING_RUNS), k)) for hub, k in HUBS.items()}
-        for i in range(TRAINING_RUNS):
+        hub_users = {
+            hub: set(rnd.sample(range(self.n.training_runs), k)) for hub, k in self.n.hubs.items()
+        }
+        for i in range(self.n.training_runs):
             inputs = rnd.sample(pipeline_nodes, 2)
             inputs += [hub for hub, users in hub_users.items() if i in users]
             self.training.append((f"train-{i:06}", inputs))
@@ -175,7 +211,7 @@ class Graph:
             at = self.started(i) + timedelta(hours=1)
             keys = METRICS + (
                 [f"m{k:02}" for k in range(COMPARE_METRICS - len(METRICS))]
-                if i < COMPARE_RUNS
+                if i < self.n.compare_runs
                 else []
             )
             for key in keys:
@@ -189,18 +225,18 @@ class Graph:
             yield (P, run, "priority", "high" if i % 10 == 0 else "normal")
 
     def datasets(self) -> Iterator[tuple[Any, ...]]:
-        names = [f"raw-{d}" for d in range(RAW_DATASETS)]
+        names = [f"raw-{d}" for d in range(self.n.raw_datasets)]
         names += [
             f"feat-{layer}-{i}"
-            for layer in range(1, LAYERS + 1)
-            for i in range(PIPELINE_RUNS_PER_LAYER)
+            for layer in range(1, self.n.layers + 1)
+            for i in range(self.n.pipeline_runs_per_layer)
         ]
         for name in names:
             yield (P, name, None, f"s3://bench/{name}", "etl", T0, T0)
 
     def dataset_versions(self) -> Iterator[tuple[Any, ...]]:
-        for d in range(RAW_DATASETS):
-            for v in range(1, RAW_VERSIONS + 1):
+        for d in range(self.n.raw_datasets):
+            for v in range(1, self.n.raw_versions + 1):
                 yield (P, f"raw-{d}", f"v{v}", v, f"s3://bench/raw-{d}/{v}", digest(d * 10 + v, "raw"),
                        1_000_000, 10_000, None, [], None, "etl", T0, T0)  # fmt: skip
         for n, (run, layer, inputs, out) in enumerate(self.pipeline):
@@ -221,14 +257,14 @@ class Graph:
             mv: dict[tuple[str, int], tuple[str, datetime]] = {}
             for i, (run, _) in enumerate(self.training):
                 if rnd.random() < MODEL_SHARE:
-                    model = f"model-{i % MODELS:03}"
+                    model = f"model-{i % self.n.models:03}"
                     numbers[model] = numbers.get(model, 0) + 1
                     mv[(model, numbers[model])] = (run, self.started(i) + timedelta(hours=3))
             self._mv = mv
         return self._mv
 
     def models(self) -> Iterator[tuple[Any, ...]]:
-        for m in range(MODELS):
+        for m in range(self.n.models):
             yield (P, f"model-{m:03}", None, "ml", T0, T0)
 
     def model_version_rows(self) -> Iterator[tuple[Any, ...]]:
@@ -298,7 +334,15 @@ class _Counted:
             yield row
 
 
-async def build(admin_url: str, name: str) -> dict[str, Any]:
+def redacted(url: str) -> str:
+    """`url` without its password: reports are pasted into documents and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+async def build(admin_url: str, name: str, sizes: Sizes = FULL) -> dict[str, Any]:
     started = time.perf_counter()
     admin = await asyncpg.connect(admin_url)
     try:
@@ -312,7 +356,7 @@ async def build(admin_url: str, name: str) -> dict[str, Any]:
     try:
         await postgres.migrate(con)
         log("planning the graph")
-        g = Graph()
+        g = Graph(sizes)
         assignments, approvals = g.governance()
         sources: dict[str, Any] = {
             "lineage_edges": g.edges(),
@@ -346,9 +390,9 @@ async def build(admin_url: str, name: str) -> dict[str, Any]:
     finally:
         await con.close()
     return {
-        "database_url": url,
+        "database_url": redacted(url),
         "rows": counts,
-        "hubs": HUBS,
+        "hubs": sizes.hubs,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -356,9 +400,14 @@ async def build(admin_url: str, name: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", default="studbook_bench")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a graph of a few thousand edges, to check that this and graphql_queries.py run",
+    )
     args = parser.parse_args()
     admin_url = os.environ.get("STUDBOOK_DATABASE_URL") or DEFAULT_ADMIN_URL
-    result = asyncio.run(build(admin_url, args.database))
+    result = asyncio.run(build(admin_url, args.database, TINY if args.tiny else FULL))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -63,14 +63,17 @@ from _common import (
     cpu_delta,
     create_topic,
     database_name,
+    finish,
     fresh_database,
     gate_waiting,
     guarded,
     hold_start_gate,
+    loadavg_1m,
     log,
     machine_info,
     median,
     open_start_gate,
+    parse_with_tiny,
     print_pstats,
     proc_cpu_s,
     proc_status_kib,
@@ -103,6 +106,8 @@ T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 METRIC_KEYS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
 # The projector's batch_max_records when STUDBOOK_BATCH_MAX_RECORDS is unset (config.py).
 PROJECTOR_DEFAULT_BATCH = 2000
+# `--tiny`: a few seconds, for tests/test_bench_smoke.py.
+TINY = {"runs": 20, "metric_events": 40, "points_per_event": 50, "other_events": 200, "repeat": 1}
 
 Row = tuple[Any, ...]
 DATABASE_PREFIX = "studbook_bench_"
@@ -757,7 +762,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "e.g. '.venv/bin/python bench/what_if_projector.py' to measure a candidate fix",
     )
     add_service_args(p, timeout=900, timeout_help="seconds allowed per projection")
-    args = p.parse_args(argv)
+    args = parse_with_tiny(p, TINY, argv)
     args.projector_cmd = shlex.split(args.projector_cmd)
     if args.projector_cprofile:
         args.projector_cprofile = args.projector_cprofile.resolve()
@@ -772,6 +777,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
+    load_start = loadavg_1m()
     log(
         f"generating: {args.metric_events} metric events x {args.points_per_event} points, "
         f"{args.other_events} other events, {args.runs} runs (seed {args.seed})"
@@ -845,7 +851,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             if created:
-                await admin.delete_topics(created)
+                await finish(admin.delete_topics(created))
         await admin.close()
 
     m, o = runs["metrics"], runs["other"]
@@ -922,7 +928,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             },
             "projector_cprofile": str(args.projector_cprofile) if args.projector_cprofile else None,
         },
-        "machine": await machine_info(args.database_url),
+        "machine": {
+            **await machine_info(args.database_url),
+            # The host is shared: a high load average means other work overlapped the run.
+            "loadavg_1m_start_end": [load_start, loadavg_1m()],
+        },
     }
 
     want_profile = args.profile or (not args.no_profile and not all(met.values()))
@@ -942,7 +952,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_bench(main_async, parse_args(argv))
+    return run_bench(main_async, parse_args(argv), cancel_on_sigterm=True)
 
 
 if __name__ == "__main__":

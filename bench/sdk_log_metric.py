@@ -20,6 +20,7 @@ interpreter, both measured now in subprocesses.
 Prints ONE JSON object on stdout.
 
     .venv/bin/python bench/sdk_log_metric.py [--calls 200000] [--batch 100] [--points 100000]
+        [--tiny]
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from collections.abc import Callable
 from typing import Any
 
 TARGET_MEDIAN_NS = 5000
+DEFAULTS = {"calls": 200_000, "batch": 100, "points": 100_000}
+# `--tiny`: well under a second, for tests/test_bench_smoke.py.
+TINY = {"calls": 2000, "batch": 100, "points": 1000}
 
 
 def _quantiles(samples: list[float]) -> dict[str, float]:
@@ -161,10 +165,20 @@ def background_cost(repeat: int = 50) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, help=f"default {DEFAULTS['calls']}")
+    parser.add_argument("--batch", type=int, help=f"default {DEFAULTS['batch']}")
+    parser.add_argument("--points", type=int, help=f"default {DEFAULTS['points']}")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="defaults "
+        + ", ".join(f"--{k} {v}" for k, v in TINY.items())
+        + ": checks that the benchmark runs; its timings mean little",
+    )
     args = parser.parse_args()
+    for name, value in (TINY if args.tiny else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     import studbook
     from studbook import _api

@@ -11,9 +11,10 @@ with any of these set in the environment (unset means: as the real projector):
 * STUDBOOK_WHATIF_FETCH_MAX_BYTES / STUDBOOK_WHATIF_PARTITION_FETCH_BYTES: the consumer's
   `fetch_max_bytes` / `max_partition_fetch_bytes` (KafkaProjector.__init__ hard-codes 64 MiB and
   16 MiB);
-* STUDBOOK_WHATIF_ONE_VALIDATION=1: validate each record once. `decode_record` validates the
-  document, then `event_from_dict` validates the same document again; this makes the second
-  call a no-op.
+* STUDBOOK_WHATIF_ONE_VALIDATION=1: validate each record once. `decode_record` used to validate
+  the document, then `event_from_dict` validated the same document again; this makes the second
+  call a no-op. Since commit `fe82f20` `decode_record` calls only `event_from_dict`, so the
+  patch would switch validation off altogether: it is refused then.
 
 Never use this outside the benchmark: it changes the projector's behaviour.
 """
@@ -57,6 +58,12 @@ def main() -> int:
     if fetch_max or partition_max:
         _patch_fetch_sizes(int(fetch_max or 64 << 20), int(partition_max or 16 << 20))
     if os.environ.get("STUDBOOK_WHATIF_ONE_VALIDATION") == "1":
+        if not hasattr(projector, "validate_event"):
+            sys.exit(
+                "STUDBOOK_WHATIF_ONE_VALIDATION: this projector validates each record once "
+                "already (decode_record calls only event_from_dict); the patch would skip "
+                "validation altogether, so it is refused"
+            )
         # event_from_dict looks validate_event up in its module; decode_record holds its own
         # reference, so records are still validated exactly once.
         contract.validate_event = lambda raw, index=0: []
