@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -154,13 +155,25 @@ def _parse_datetime(value: str) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
+class _Latest:
+    """Now plus the allowance, read from the clock at most once a second (this runs for every
+    distinct timestamp of every event)."""
+
+    tick = -2.0
+    value = EARLIEST_TIME
+
+    @classmethod
+    def get(cls) -> datetime:
+        tick = time.monotonic()
+        if tick - cls.tick > 1.0:
+            cls.tick, cls.value = tick, datetime.now(UTC) + FUTURE_ALLOWANCE
+        return cls.value
+
+
 def in_time_range(when: datetime, now: datetime | None = None) -> bool:
     """Whether an aware datetime lies in the range events may carry (:data:`TIME_RANGE`)."""
-    latest = (now or datetime.now(UTC)) + FUTURE_ALLOWANCE
-    try:
-        return EARLIEST_TIME <= when <= latest
-    except OverflowError:  # pragma: no cover - comparisons of aware datetimes normalise safely
-        return False
+    latest = now + FUTURE_ALLOWANCE if now is not None else _Latest.get()
+    return EARLIEST_TIME <= when <= latest
 
 
 def _is_datetime(value: str) -> bool:

@@ -143,18 +143,32 @@ class State:
             ChainMap({}, self.reads),
         )
 
+    def _scratch(self) -> tuple[MutableMapping[Any, Any], ...]:
+        maps = (
+            self.dataset_version_digests, self.dataset_numbers, self.model_numbers,
+            self.assignments, self.dataset_latest, self.reads,
+        )  # fmt: skip
+        out: list[MutableMapping[Any, Any]] = []
+        for m in maps:
+            assert isinstance(m, ChainMap)
+            out.append(m.maps[0])
+        return tuple(out)
+
     def absorb(self, overlay: State) -> None:
-        """Keep what a successful rule wrote to ``overlay``."""
-        for mine, theirs in (
-            (self.dataset_version_digests, overlay.dataset_version_digests),
-            (self.dataset_numbers, overlay.dataset_numbers),
-            (self.model_numbers, overlay.model_numbers),
-            (self.assignments, overlay.assignments),
-            (self.dataset_latest, overlay.dataset_latest),
-            (self.reads, overlay.reads),
-        ):
-            assert isinstance(theirs, ChainMap)
-            mine.update(theirs.maps[0])
+        """Keep what a successful rule wrote to ``overlay``, which is then empty again."""
+        mine: tuple[MutableMapping[Any, Any], ...] = (
+            self.dataset_version_digests, self.dataset_numbers, self.model_numbers,
+            self.assignments, self.dataset_latest, self.reads,
+        )  # fmt: skip
+        for into, written in zip(mine, overlay._scratch(), strict=True):
+            if written:
+                into.update(written)
+                written.clear()
+
+    def forget(self) -> None:
+        """Drop what a refused rule wrote to this overlay."""
+        for written in self._scratch():
+            written.clear()
 
 
 # ------------------------------------------------------------------------------------ output
@@ -235,55 +249,89 @@ class Changes:
     last_position: int = 0
 
     def absorb(self, one: Changes) -> None:
-        """Add the changes of one event (computed on its own) after this batch's so far."""
-        self.projects.update(one.projects)
+        """Move the changes of one event (computed on its own) after this batch's so far,
+        leaving ``one`` empty for the next event."""
+        if one.projects:
+            self.projects.update(one.projects)
+            one.projects.clear()
         for listed in _APPENDED:
-            getattr(self, listed).extend(getattr(one, listed))
-        # A row this batch made and a later event closes is written closed; others get an UPDATE.
-        made = (
-            {(a.created_position, a.part): a for a in self.assignments_new}
-            if one.assignments_closed
-            else {}
-        )
-        for created_position, part, recorded_to in one.assignments_closed:
-            closed = made.get((created_position, part))
-            if closed is not None:
-                closed.recorded_to = recorded_to
-            else:
-                self.assignments_closed.append((created_position, part, recorded_to))
-        self.assignments_new.extend(one.assignments_new)
-        self.params.update(one.params)
-        for tag in one.tags_removed:
-            self.tags_set.pop(tag, None)
-            self.tags_removed.add(tag)
-        for tag, row in one.tags_set.items():
-            self.tags_removed.discard(tag)
-            self.tags_set[tag] = row
-        for series, summary in one.metric_summaries.items():
-            mine = self.metric_summaries.get(series)
-            if mine is None:
-                self.metric_summaries[series] = summary
-            else:
-                mine.merge(summary)
+            rows = getattr(one, listed)
+            if rows:
+                getattr(self, listed).extend(rows)
+                rows.clear()
+        if one.assignments_closed:
+            # A row this batch made and a later event closes is written closed; others get an
+            # UPDATE.
+            made = {(a.created_position, a.part): a for a in self.assignments_new}
+            for created_position, part, recorded_to in one.assignments_closed:
+                closed = made.get((created_position, part))
+                if closed is not None:
+                    closed.recorded_to = recorded_to
+                else:
+                    self.assignments_closed.append((created_position, part, recorded_to))
+            one.assignments_closed.clear()
+        if one.assignments_new:
+            self.assignments_new.extend(one.assignments_new)
+            one.assignments_new.clear()
+        if one.params:
+            self.params.update(one.params)
+            one.params.clear()
+        if one.tags_removed:
+            for tag in one.tags_removed:
+                self.tags_set.pop(tag, None)
+                self.tags_removed.add(tag)
+            one.tags_removed.clear()
+        if one.tags_set:
+            for tag, row in one.tags_set.items():
+                self.tags_removed.discard(tag)
+                self.tags_set[tag] = row
+            one.tags_set.clear()
+        if one.metric_summaries:
+            for series, summary in one.metric_summaries.items():
+                mine = self.metric_summaries.get(series)
+                if mine is None:
+                    self.metric_summaries[series] = summary
+                else:
+                    mine.merge(summary)
+            one.metric_summaries.clear()
         # An explicit `*.created` row replaces an implied one; an implied one never replaces.
         for named, theirs in ((self.datasets, one.datasets), (self.models, one.models)):
-            for named_key, row in theirs.items():
-                if row[-1]:
-                    named[named_key] = row
-                else:
-                    named.setdefault(named_key, row)
-        for edge, row in one.edges.items():
-            self.edges.setdefault(edge, row)
-        for facet, row in one.facets.items():
-            kept = self.facets.get(facet)
-            if kept is None or _facet_order(row) >= _facet_order(kept):
-                self.facets[facet] = row
+            if theirs:
+                for named_key, row in theirs.items():
+                    if row[-1]:
+                        named[named_key] = row
+                    else:
+                        named.setdefault(named_key, row)
+                theirs.clear()
+        if one.edges:
+            for edge, row in one.edges.items():
+                self.edges.setdefault(edge, row)
+            one.edges.clear()
+        if one.facets:
+            for facet, row in one.facets.items():
+                kept = self.facets.get(facet)
+                if kept is None or _facet_order(row) >= _facet_order(kept):
+                    self.facets[facet] = row
+            one.facets.clear()
+
+    def discard(self) -> None:
+        """Forget everything (the changes of a refused event)."""
+        for name in _ALL_FIELDS:
+            value = getattr(self, name)
+            if value:
+                value.clear()
 
 
 _APPENDED = (
     "runs_started", "runs_finished", "metric_points", "outputs", "dataset_versions",
     "dataset_versions_reported", "dataset_versions_filled",
     "model_versions", "approvals", "annotations", "redactions", "rejected",
+)  # fmt: skip
+
+
+_ALL_FIELDS = (
+    *_APPENDED, "projects", "params", "tags_set", "tags_removed", "metric_summaries", "datasets",
+    "models", "assignments_new", "assignments_closed", "edges", "facets",
 )  # fmt: skip
 
 
@@ -336,6 +384,8 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
     partial metric batch), so the outcome never depends on where batch boundaries fall.
     """
     changes = Changes()
+    # One scratch pair per batch, emptied after each event (merged, or dropped if refused).
+    scratch, overlay = Changes(), state.overlay()
     for stored in events:
         e = stored.event
         changes.last_position = stored.position
@@ -348,15 +398,18 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
         if rule is None:  # pragma: no cover - the contract admits only types listed in _RULES
             changes.rejected.append((stored, f"no projection rule for event type `{e.type}`"))
             continue
-        scratch, overlay = Changes(), state.overlay()
         try:
             rule(stored, overlay, scratch)
         except Rejected as exc:
+            overlay.forget()
+            scratch.discard()
             changes.rejected.append((stored, str(exc)))
             continue
         except Exception as exc:
             # A payload the schema admits but a rule cannot use (e.g. a field erased by a
             # redaction, a value out of a type's range): that event is refused, never the batch.
+            overlay.forget()
+            scratch.discard()
             changes.rejected.append((stored, f"cannot be applied: {type(exc).__name__}: {exc}"))
             continue
         state.absorb(overlay)
