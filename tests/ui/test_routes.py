@@ -90,3 +90,30 @@ def test_no_page_or_stylesheet_loads_anything_from_elsewhere() -> None:
         assert not re.findall(r'(?:src|href)="(?:https?:)?//', text), f
         assert not re.findall(r"url\((['\"]?)(?:https?:)?//", text), f
         assert "@import" not in text or "@import url(" not in text, f
+
+
+def test_the_ui_s_largest_documents_fit_the_api_s_cost_limit() -> None:
+    """The heaviest documents the pages send (web/src/lib/api.ts: metric histories, 20 series a
+    document and 20,000 points in all; the runs table's biggest page) pass the cost limit."""
+    from graphql import parse
+    from studbook_server.graphql import schema
+    from studbook_server.graphql._cost import MAX_COST, query_cost
+
+    gql = schema()._schema
+    for series in (1, 2, 7, 20):
+        first = max(100, min(5000, 20_000 // series))
+        fields = " ".join(
+            f"r{i}: run(id: $id{i}) {{ metricHistory(key: $key, first: {first}, after: $a{i}) "
+            "{ nodes { step value at position } pageInfo { hasNextPage endCursor } } }"
+            for i in range(series)
+        )
+        decl = ", ".join(f"$id{i}: ID!, $a{i}: String" for i in range(series))
+        doc = parse(f"query ($key: String!, {decl}) {{ {fields} }}")
+        assert query_cost(gql, doc, {}) < MAX_COST, series
+    runs = parse(
+        "query ($p: String!, $k: [String!]) { searchRuns(project: $p, first: 500) { totalCount "
+        "pageInfo { hasNextPage endCursor } nodes { id runId name status actor startedAt "
+        "finishedAt params { key value } metrics(keys: $k) { key value min max } "
+        "tags { key value } } } }"
+    )
+    assert query_cost(gql, runs, {}) < MAX_COST

@@ -53,10 +53,15 @@ export function chunks<T>(items: T[], size: number): T[][] {
   return out;
 }
 
-// Metric histories: 4000 points a page, 20 series a document, so that a document's worst case
-// (20 x 4000 points) stays well inside the API's query cost limit (graphql/_cost.py).
-export const HISTORY_PAGE = 4000;
+// Metric histories: up to 20 series a document and 20,000 points a document in all (5000 a page
+// at most), so that a document's worst case (~8 per point) stays inside the API's query cost
+// limit of 250,000 (graphql/_cost.py): one series reads 5000 points a page, twenty read 1000.
 export const SERIES_PER_REQUEST = 20;
+const POINTS_PER_REQUEST = 20_000;
+
+export function historyPage(series: number): number {
+  return Math.max(100, Math.min(5000, Math.floor(POINTS_PER_REQUEST / Math.max(1, series))));
+}
 const MAX_POINTS = 50_000;
 
 export interface Point {
@@ -77,10 +82,11 @@ export async function metricHistories(runIds: string[], key: string): Promise<Ma
     const next: typeof pending = [];
     await Promise.all(
       chunks(pending, SERIES_PER_REQUEST).map(async (group) => {
+        const first = historyPage(group.length);
         const fields = group
           .map(
             (_, i) =>
-              `r${i}: run(id: $id${i}) { metricHistory(key: $key, first: ${HISTORY_PAGE}, after: $after${i}) { nodes { step value at position } pageInfo { hasNextPage endCursor } } }`,
+              `r${i}: run(id: $id${i}) { metricHistory(key: $key, first: ${first}, after: $after${i}) { nodes { step value at position } pageInfo { hasNextPage endCursor } } }`,
           )
           .join("\n");
         const decl = group.map((_, i) => `$id${i}: ID!, $after${i}: String`).join(", ");
@@ -117,9 +123,10 @@ export async function runHistories(runId: string, keys: string[]): Promise<Map<s
     const next: typeof pending = [];
     await Promise.all(
       chunks(pending, SERIES_PER_REQUEST).map(async (group) => {
+        const first = historyPage(group.length);
         const decl = group.map((_, i) => `$k${i}: String!, $a${i}: String`).join(", ");
         const fields = group
-          .map((_, i) => `m${i}: metricHistory(key: $k${i}, first: ${HISTORY_PAGE}, after: $a${i}) { nodes { step value at position } pageInfo { hasNextPage endCursor } }`)
+          .map((_, i) => `m${i}: metricHistory(key: $k${i}, first: ${first}, after: $a${i}) { nodes { step value at position } pageInfo { hasNextPage endCursor } }`)
           .join("\n");
         const vars: Vars = { id: runId };
         group.forEach((g, i) => {

@@ -1,7 +1,7 @@
 import { readdirSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { signInCode } from "./auth";
-import { chunks } from "./api";
+import { chunks, historyPage, SERIES_PER_REQUEST } from "./api";
 import { jsonRows, outliers, flatten } from "./compare";
 import { csvField, toCsv } from "./csv";
 import { EVENT_TYPES } from "./events";
@@ -137,6 +137,9 @@ describe("small helpers", () => {
     expect(ids.length).toBe(MAX_COMPARE);
     expect(toggle(ids, "r0")).not.toContain("r0");
     expect(chunks([1, 2, 3, 4, 5], 2)).toEqual([[1, 2], [3, 4], [5]]);
+    // A history document's points stay inside the API's cost limit (~8 per point of 250,000).
+    for (let n = 1; n <= SERIES_PER_REQUEST; n++) expect(n * historyPage(n) * 8).toBeLessThan(250_000);
+    expect(historyPage(1)).toBe(5000);
   });
   it("suggest only event types that schema/events has", () => {
     const types = [...new Set(readdirSync(new URL("../../../schema/events", import.meta.url)).filter((f) => /\.v\d+\.schema\.json$/.test(f)).map((f) => f.replace(/\.v\d+\.schema\.json$/, "")))].sort();
