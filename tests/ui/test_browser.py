@@ -200,9 +200,14 @@ def test_runs_table_counts_sorts_and_filters_like_the_api(page: Any, demo: Demo)
     page.wait_for_url(re.compile(r"sort=p%3Alr%3Adesc"))
     page.click("button.sort[data-column=lr]")
     page.wait_for_url(re.compile(r"sort=p%3Alr%3Aasc"))
-    expect(page.locator("th.sorted button")).to_have_text("lr ▲")
-    ready_runs(page)
-    lrs = [float(t) for t in page.locator("td[data-col=lr]").all_inner_texts() if t]
+    expect(page.locator("th.sorted button")).to_have_text("lr \u25b2")
+    deadline = time.monotonic() + 10  # until the new page of rows has replaced the old one
+    while True:
+        ready_runs(page)
+        lrs = [float(t) for t in page.locator("td[data-col=lr]").all_inner_texts() if t]
+        if lrs == sorted(lrs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert lrs == sorted(lrs)
 
     # Filter: the count is the API's for the same filter.
