@@ -9,6 +9,7 @@ PostgreSQL cannot squeeze an entry under the limit either).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import string
 from collections.abc import Callable, Coroutine, Iterator
@@ -70,6 +71,7 @@ METRIC_KEY = wide(250)
 RUN_NAME = wide(250)
 ACTOR = wide(200)
 URI = wide(2048)
+DIFF = wide(65_536)  # 256 KiB of UTF-8: the largest diff a run.diff.recorded holds
 
 
 def _max_events() -> list[dict[str, Any]]:
@@ -137,6 +139,19 @@ def _max_events() -> list[dict[str, Any]]:
             "text": wide(10000), "labels": {wide(250): wide(1000) for _ in range(3)},
         }),
         e("subject.redacted", d, {"reason": wide(1000), "fields": [wide(500)]}),
+        e("dataset.version.reported", d, {
+            "version": named(128, ALNUM, ALNUM + "._-"), "uri": wide(2048),
+            "produced_by_run": PARENT_RUN, "schema": {wide(250): wide(5000)},
+            "row_count": 2**63 - 1, "size_bytes": 2**63 - 1,
+        }),
+        e("dataset.read", d, {"run": RUN, "uri": wide(2048), "version": VERSION, "role": "test"}),
+        e("openlineage.event.reported", run, {
+            "kind": "RunEvent", "event": {wide(250): wide(5000)},
+        }),
+        e("run.diff.recorded", run, {
+            "digest": "sha256:" + hashlib.sha256(DIFF.encode()).hexdigest(),
+            "size_bytes": len(DIFF.encode()), "encoding": "utf-8", "diff": DIFF,
+        }),
     ]  # fmt: skip
 
 
@@ -212,6 +227,7 @@ async def test_every_event_is_projected_and_every_value_stored_whole(loaded: Loa
             ("derived", f"dataset_version:{PARENT_DATASET}@{VERSION}"),
             ("input", f"dataset_version:{DATASET}@{VERSION}"),
             ("output", f"run:{PARENT_RUN}"),
+            ("output", f"run:{PARENT_RUN}"),  # the version a pipeline reported it wrote
             ("output", f"run:{RUN}"),
             ("trained", f"run:{RUN}"),
         ])  # fmt: skip
