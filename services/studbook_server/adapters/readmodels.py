@@ -135,6 +135,7 @@ INSERT INTO runs AS t (project, run_id, name, experiment, parent_run, status, ac
                        recorded_at, code, git_commit, environment)
 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11)
 ON CONFLICT (project, run_id) DO UPDATE SET
+    recorded_at = LEAST(t.recorded_at, EXCLUDED.recorded_at),
     name = EXCLUDED.name, experiment = EXCLUDED.experiment, parent_run = EXCLUDED.parent_run,
     actor = EXCLUDED.actor, started_at = EXCLUDED.started_at, code = EXCLUDED.code,
     git_commit = EXCLUDED.git_commit, environment = EXCLUDED.environment
@@ -144,6 +145,7 @@ _RUN_FINISHED = """
 INSERT INTO runs AS t (project, run_id, status, actor, finished_at, recorded_at, error)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (project, run_id) DO UPDATE SET
+    recorded_at = LEAST(t.recorded_at, EXCLUDED.recorded_at),
     status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
 """
 

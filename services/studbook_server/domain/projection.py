@@ -456,6 +456,9 @@ def _dataset_version_created(s: StoredEvent, state: State, ch: Changes) -> None:
         if known is None:
             # A version a pipeline reported, now hashed: it keeps its number, and learns its digest.
             state.dataset_version_digests[key] = p["digest"]
+            latest = state.dataset_latest.get((e.project, dataset))
+            if latest is not None and latest[0] == version:
+                state.dataset_latest[(e.project, dataset)] = (version, p["digest"])
             ch.dataset_versions_filled.append(
                 (
                     e.project, dataset, version, p.get("schema"), p.get("row_count"),
@@ -724,6 +727,9 @@ def _run_input_used(s: StoredEvent, state: State, ch: Changes) -> None:
     e, p = s.event, s.event.payload
     src = dataset_version_node(p["dataset"], p["version"])
     _edge(ch, s, "input", src, run_node(e.subject_key), p["role"])
+    # A read too, for a later dataset.read of the same batch (the database answers the same from
+    # the input edge once it is stored).
+    state.reads.setdefault((e.project, e.subject_key, p["dataset"]), p["version"])
 
 
 def _run_output_produced(s: StoredEvent, state: State, ch: Changes) -> None:
@@ -934,12 +940,18 @@ NOT_REDACTABLE = frozenset({
     "name", "version", "digest", "dataset", "run", "alias", "environment", "status", "metrics",
     "params", "tags", "role", "parents", "produced_by_run", "artifact_uri", "uri", "parent_run",
     "fields", "reproduces",
+    # openlineage.event.reported: what kind of OpenLineage event it keeps
+    "kind",
 })  # fmt: skip
 
 
 # Fields nothing inside of which may be erased either: lineage references, and values the read
 # models keep (a redaction erases stored events, not these tables).
-NOT_REDACTABLE_WITHIN = frozenset({"parents", "metrics", "params", "tags", "reproduces"})
+NOT_REDACTABLE_WITHIN = frozenset({
+    "parents", "metrics", "params", "tags", "reproduces",
+    # openlineage.event.reported: which dataset a DatasetEvent names
+    "dataset",
+})  # fmt: skip
 
 
 def refused_redactions(fields: Iterable[str]) -> list[str]:
