@@ -423,6 +423,19 @@ FOUND = {
         ),
         ev("subject.redacted", "dataset:events", {"reason": "GDPR", "fields": ["kind"]}),
     ),
+    # And with a RunEvent's `inputs`, which name its datasets: the dataset they implied is gone.
+    "openlineage-run-inputs-redacted": stream_of(
+        ev(
+            "openlineage.event.reported",
+            "run:r1",
+            {
+                "kind": "RunEvent",
+                "event": {"eventType": "START", "inputs": [{"facets": {}}]},
+                "inputs": [{"dataset": "events", "uri": "s3://d/1"}],
+            },
+        ),
+        ev("subject.redacted", "run:r1", {"reason": "GDPR", "fields": ["inputs"]}),
+    ),
 }
 
 
