@@ -99,7 +99,6 @@ class ProjectorMetrics:
         self.events.inc(after.appended - before.appended)
         self.points.inc(after.metric_points - before.metric_points)
         self.duplicates.inc(after.duplicates - before.duplicates)
-        self.retries.inc(after.retries - before.retries)
         for kind, field_name in (
             ("invalid", "invalid"), ("refused", "refused"), ("conflict", "conflicts"),
             ("failed", "failed"),
@@ -128,13 +127,15 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 def decode_record(
-    raw: bytes,
+    raw: bytes | None,
     source: str,
     headers: Sequence[tuple[str, bytes]] = (),
     key: bytes | None = None,
 ) -> Incoming | DeadLetter:
     """One Kafka record -> a validated event with its attested sender, or a dead letter saying
     what is wrong. ``key`` checks the gateway's signature over the sender (none: unverified)."""
+    if raw is None:  # a tombstone (a key with no value, as sent to delete a key when compacting)
+        return DeadLetter(None, source, "not an event: a record with no value (a tombstone)", b"")
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -362,6 +363,8 @@ class KafkaProjector:
 
     def _count_retry(self) -> None:
         self.stats.retries += 1
+        if self.metrics is not None:  # now, not once the batch is stored: an outage shows
+            self.metrics.retries.inc()
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         before, started = replace(self.stats), time.perf_counter()

@@ -178,6 +178,8 @@ class Writer:
         conflicts = await postgres.find_conflicts(self.pool, incoming)
         if conflicts:
             return _conflicted(conflicts, incoming)
+        # The same event twice in one request is published once.
+        incoming = list({i.event.event_id: i for i in reversed(incoming)}.values())[::-1]
         try:
             token = await self.publisher.publish(incoming, principal)
         except PublishConflict as exc:

@@ -949,8 +949,8 @@ NOT_REDACTABLE = frozenset({
 # models keep (a redaction erases stored events, not these tables).
 NOT_REDACTABLE_WITHIN = frozenset({
     "parents", "metrics", "params", "tags", "reproduces",
-    # openlineage.event.reported: which dataset a DatasetEvent names
-    "dataset",
+    # openlineage.event.reported: which dataset a DatasetEvent names, a RunEvent's datasets
+    "dataset", "inputs", "outputs",
 })  # fmt: skip
 
 
