@@ -78,13 +78,13 @@ class Refused:
 
 
 def _conflicted(conflicts: Sequence[postgres.Conflict], incoming: Sequence[Incoming]) -> Refused:
-    where = {id(i): n for n, i in enumerate(incoming)}
+    where = {id(i.doc): n for n, i in enumerate(incoming)}  # the doc survives a publisher's copy
     return Refused(
         409,
         conflicts[0].reason,
         conflicts=[
             {
-                "index": where.get(id(c.incoming)),
+                "index": where.get(id(c.incoming.doc)),
                 "event_id": c.incoming.event.event_id,
                 "stored_digest": c.stored_digest,
                 "digest": c.digest,
@@ -174,8 +174,12 @@ class Writer:
         if problem is not None:
             # The event is named, so a client can tell this from a refused token.
             return Refused(403, problem.message, [problem])
-        # Early, for Kafka too: the same event id with another body is a conflict, not a retry.
-        conflicts = await postgres.find_conflicts(self.pool, incoming)
+        # The same event id with another body is a conflict, not a retry. Within the request it
+        # is found here; against the store, the event store's append refuses it itself, and for
+        # Kafka the store is checked first.
+        conflicts = postgres.conflicts_within(incoming)
+        if not conflicts and not self.publisher.refuses_conflicts:
+            conflicts = await postgres.find_conflicts(self.pool, incoming)
         if conflicts:
             return _conflicted(conflicts, incoming)
         # The same event twice in one request is published once.

@@ -277,6 +277,13 @@ def _split(
     return fresh
 
 
+def conflicts_within(incoming: Sequence[Incoming]) -> list[Conflict]:
+    """Event ids that ``incoming`` itself uses for two different events (no I/O)."""
+    conflicts: list[Conflict] = []
+    _split(incoming, {}, conflicts)
+    return conflicts
+
+
 async def find_conflicts(con: Connection | Pool, incoming: Sequence[Incoming]) -> list[Conflict]:
     """The conflicts :func:`append` would find now, without appending (a gateway's early answer;
     only the append under the store lock is final)."""

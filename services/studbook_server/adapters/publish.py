@@ -53,6 +53,10 @@ class PublishConflict(StudbookError):
 
 
 class Publisher(Protocol):
+    # Whether `publish` itself refuses a reused event id (PublishConflict), atomically with the
+    # append; when not, the write path checks the store first.
+    refuses_conflicts: bool
+
     async def publish(self, events: Sequence[Incoming], sender: Principal) -> Token:
         """Hand over events sent by ``sender`` (the authenticated principal, recorded with
         each event); return a token for reading them back once projected."""
@@ -63,6 +67,8 @@ class Publisher(Protocol):
 
 class StorePublisher:
     """Embedded mode: append to the event store; the tailer projects from there."""
+
+    refuses_conflicts = True
 
     def __init__(self, pool: postgres.Pool) -> None:
         self.pool = pool
@@ -102,6 +108,8 @@ class KafkaPublisher:
     503 and the client retries, which is safe). A producer that failed is replaced before the
     next publish, so the gateway recovers by itself when the broker comes back.
     """
+
+    refuses_conflicts = False  # the projector dead-letters a conflict that slips past
 
     def __init__(self, bootstrap: str, topic: str, key: bytes, timeout_s: float = 10.0) -> None:
         self.topic = topic
