@@ -19,13 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
+import pstats
 import random
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -130,7 +133,66 @@ def app_factory() -> Starlette:
         finally:
             await pool.close()
 
-    return Starlette(routes=graphql_routes(lambda: deps["api"]), lifespan=lifespan)
+    app = Starlette(routes=graphql_routes(lambda: deps["api"]), lifespan=lifespan)
+    profile = os.environ.get(PROFILE_ENV)
+    return app if not profile else _Profiled(app, profile)  # type: ignore[return-value]
+
+
+PROFILE_ENV = "STUDBOOK_BENCH_PROFILE"
+PROFILE_HEADER = (b"x-bench-profile", b"1")
+
+
+class _Profiled:
+    """The app, profiling (cProfile) the requests that carry `x-bench-profile: 1`; the stats
+    go to the file named by STUDBOOK_BENCH_PROFILE when the server stops."""
+
+    def __init__(self, app: Starlette, path: str) -> None:
+        self.app, self.path, self.profile = app, path, cProfile.Profile()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.profile.dump_stats(self.path)
+            return
+        if PROFILE_HEADER not in scope.get("headers", ()):
+            await self.app(scope, receive, send)
+            return
+        self.profile.enable()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.profile.disable()
+
+
+def profile_summary(path: str, requests: int, top: int = 25) -> dict[str, Any]:
+    """Where the profiled requests spent their time: total, and the top functions by own time
+    and by cumulative time, per request."""
+    stats = pstats.Stats(path)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+
+    def name(k: tuple[str, int, str]) -> str:
+        file, line, fn = k
+        short = file.split("site-packages/")[-1].split("services/")[-1]
+        return f"{short}:{line}({fn})"
+
+    per = 1000 / requests
+    total = sum(v[2] for v in raw.values())
+    by_tot = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
+    by_cum = sorted(raw.items(), key=lambda kv: -kv[1][3])[:top]
+    return {
+        "requests": requests,
+        "profiled_ms_per_request": round(total * per, 2),
+        "top_tottime_ms_per_request": [
+            {"fn": name(k), "calls": v[1] // requests, "ms": round(v[2] * per, 3)}
+            for k, v in by_tot
+        ],
+        "top_cumtime_ms_per_request": [
+            {"fn": name(k), "calls": v[1] // requests, "ms": round(v[3] * per, 3)}
+            for k, v in by_cum
+        ],
+    }
 
 
 def _free_port() -> int:
@@ -141,9 +203,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(url: str) -> Any:
+def serve(url: str, profile: str | None = None) -> Any:
     port = _free_port()
     env = {**os.environ, URL_ENV: url, "STUDBOOK_AUTH_DISABLED": "false"}
+    if profile:
+        env[PROFILE_ENV] = profile
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "bench.graphql_queries:app_factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
@@ -449,11 +513,17 @@ def as_maps(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def search_scenario(url: str, rounds: int, shapes: list[str]) -> dict[str, Any]:
+def search_scenario(
+    url: str, rounds: int, shapes: list[str], profile: str | None
+) -> dict[str, Any]:
     token = asyncio.run(read_token(url, SEARCH_PROJECT))
     results: dict[str, Any] = {}
+    stats = None
+    if profile:
+        fd, stats = tempfile.mkstemp(suffix=".prof", prefix="studbook-bench-")
+        os.close(fd)
     with (
-        serve(url) as base,
+        serve(url, stats) as base,
         httpx2.Client(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=30) as client,
     ):  # fmt: skip
         base_ms, _ = measure(client, "{ __typename }", [{}], rounds * 2)
@@ -486,6 +556,14 @@ def search_scenario(url: str, rounds: int, shapes: list[str]) -> dict[str, Any]:
                 ]  # fmt: skip
                 if got != want or lists["searchRuns"]["pageInfo"] != maps["searchRuns"]["pageInfo"]:
                     raise RuntimeError("the `maps` page differs from the `lists` page")
+        # Profiled after the timed requests (cProfile slows what it watches).
+        for i in range(rounds if profile else 0):
+            v = variables[i % len(variables)]
+            client.post(
+                "/graphql",
+                json={"query": SEARCH_PAGE % SEARCH_SHAPES[profile or ""], "variables": v},
+                headers={PROFILE_HEADER[0].decode(): PROFILE_HEADER[1].decode()},
+            )
         sizes = [len(b["searchRuns"]["nodes"]) for b in bodies[shapes[0]]]
         for s in shapes:
             results[f"page of 100, {s}"] = percentiles(times[s])
@@ -499,6 +577,9 @@ def search_scenario(url: str, rounds: int, shapes: list[str]) -> dict[str, Any]:
         results["p50 / baseline p50"] = {
             s: round(results[f"page of 100, {s}"]["p50"] / b50, 1) for s in shapes
         }
+    if stats is not None:
+        results[f"profile of the API process, {profile}"] = profile_summary(stats, rounds)
+        os.unlink(stats)
     return results
 
 
@@ -534,7 +615,7 @@ def search_main(admin: str, args: argparse.Namespace) -> int:
     seeded = asyncio.run(seed_search(admin, args.search_database, runs))
     url = urlunsplit(urlsplit(admin)._replace(path=f"/{args.search_database}"))
     log(f"searchRuns over {runs:,} runs")
-    results = search_scenario(url, rounds, shapes)
+    results = search_scenario(url, rounds, shapes, args.profile_shape)
     report: dict[str, Any] = {
         "scenario": "search",
         "database": redacted(url),
@@ -575,6 +656,11 @@ def main() -> int:
         "--search-shapes",
         default="lean,lists,maps",
         help="which page shapes to time, of " + ", ".join(SEARCH_SHAPES),
+    )
+    parser.add_argument(
+        "--profile-shape",
+        choices=list(SEARCH_SHAPES),
+        help="search: also profile (cProfile, in the API process) `--rounds` pages of this shape",
     )
     args = parser.parse_args()
     admin = os.environ.get("STUDBOOK_DATABASE_URL") or DEFAULT_ADMIN_URL
