@@ -474,13 +474,45 @@ SEARCH_PAGE = """query($filter: RunFilter, $order: RunOrder, $after: String) {
 }"""
 
 # What a page of runs asks for: the lean row, and the full run data (params, latest metrics,
-# tags) as lists of objects (the web UI's query) and as maps (JSON scalars).
+# tags) as lists of objects (the web UI's query), as maps (JSON scalars) and as the rows of
+# `searchRunTable` (one JSON value for the page).
 SEARCH_SHAPES = {
-    "lean": "id runId name status startedAt",
-    "lists": "id runId name status actor startedAt finishedAt "
+    "lean": SEARCH_PAGE % "id runId name status startedAt",
+    "lists": SEARCH_PAGE % "id runId name status actor startedAt finishedAt "
     "params { key value } metrics { key value min max } tags { key value }",
-    "maps": "id runId name status actor startedAt finishedAt paramMap metricMap tagMap",
+    "maps": SEARCH_PAGE
+    % "id runId name status actor startedAt finishedAt paramMap metricMap tagMap",
+    "table": """query($filter: RunFilter, $order: RunOrder, $after: String) {
+  searchRunTable(project: "bench", filter: $filter, orderBy: $order, first: 100, after: $after) {
+    rows
+    pageInfo { hasNextPage endCursor }
+  }
+}""",
 }
+
+
+def normal(shape: str, data: dict[str, Any]) -> Any:
+    """A page of a full-data shape in one form, to check that the shapes say the same."""
+    page = data["searchRunTable" if shape == "table" else "searchRuns"]
+    out = []
+    for n in page["rows" if shape == "table" else "nodes"]:
+        if shape == "lists":
+            params = {p["key"]: p["value"] for p in n["params"]}
+            tags = {t["key"]: t["value"] for t in n["tags"]}
+            metrics = {m["key"]: m for m in n["metrics"]}
+        elif shape == "maps":
+            params, tags, metrics = n["paramMap"], n["tagMap"], n["metricMap"]
+        else:
+            params, tags, metrics = n["params"], n["tags"], n["metrics"]
+        times = [
+            datetime.fromisoformat(n[k]) if n[k] else None for k in ("startedAt", "finishedAt")
+        ]
+        out.append((
+            n["runId"], n["name"], n["status"], n["actor"], times, params, tags,
+            {k: (m["value"], m["min"], m["max"]) for k, m in metrics.items()},
+        ))  # fmt: skip
+    return out, page["pageInfo"]
+
 
 SEARCH_PAGES: dict[str, dict[str, Any]] = {
     "newest first": {"order": {"attribute": "STARTED_AT", "direction": "DESC"}},
@@ -500,17 +532,6 @@ SEARCH_PAGES: dict[str, dict[str, Any]] = {
         "order": {"metric": "loss", "agg": "MIN", "direction": "ASC"},
     },
 }
-
-
-def as_maps(node: dict[str, Any]) -> dict[str, Any]:
-    """A `lists` node in the `maps` shape (to check that both say the same)."""
-    out = {k: v for k, v in node.items() if k not in ("params", "metrics", "tags")}
-    out["paramMap"] = {p["key"]: p["value"] for p in node["params"]}
-    out["tagMap"] = {t["key"]: t["value"] for t in node["tags"]}
-    out["metricMap"] = {
-        m["key"]: {k: m[k] for k in ("value", "min", "max")} for m in node["metrics"]
-    }
-    return out
 
 
 def search_scenario(
@@ -539,29 +560,24 @@ def search_scenario(
         times: dict[str, list[float]] = {s: [] for s in shapes}
         for s in shapes:  # warm-up
             for v in variables:
-                bodies[s].append(post(client, SEARCH_PAGE % SEARCH_SHAPES[s], v))
+                bodies[s].append(post(client, SEARCH_SHAPES[s], v))
         for i in range(rounds):
             v = variables[i % len(variables)]
             for s in shapes:
                 t = time.perf_counter()
-                post(client, SEARCH_PAGE % SEARCH_SHAPES[s], v)
+                post(client, SEARCH_SHAPES[s], v)
                 times[s].append((time.perf_counter() - t) * 1000)
-        if "lists" in shapes and "maps" in shapes:
-            for lists, maps in zip(bodies["lists"], bodies["maps"], strict=True):
-                want = [as_maps(n) for n in lists["searchRuns"]["nodes"]]
-                got = [
-                    {**n, "metricMap": {k: {f: m[f] for f in ("value", "min", "max")}
-                                        for k, m in n["metricMap"].items()}}
-                    for n in maps["searchRuns"]["nodes"]
-                ]  # fmt: skip
-                if got != want or lists["searchRuns"]["pageInfo"] != maps["searchRuns"]["pageInfo"]:
-                    raise RuntimeError("the `maps` page differs from the `lists` page")
+        full = [s for s in shapes if s != "lean"]
+        for s in full[1:]:
+            for one, other in zip(bodies[full[0]], bodies[s], strict=True):
+                if normal(full[0], one) != normal(s, other):
+                    raise RuntimeError(f"the `{s}` page differs from the `{full[0]}` page")
         # Profiled after the timed requests (cProfile slows what it watches).
         for i in range(rounds if profile else 0):
             v = variables[i % len(variables)]
             client.post(
                 "/graphql",
-                json={"query": SEARCH_PAGE % SEARCH_SHAPES[profile or ""], "variables": v},
+                json={"query": SEARCH_SHAPES[profile or ""], "variables": v},
                 headers={PROFILE_HEADER[0].decode(): PROFILE_HEADER[1].decode()},
             )
         sizes = [len(b["searchRuns"]["nodes"]) for b in bodies[shapes[0]]]
@@ -623,7 +639,7 @@ def search_main(admin: str, args: argparse.Namespace) -> int:
         "rounds": rounds,
         "results": results,
     }
-    full = [s for s in ("maps", "lists") if s in shapes]
+    full = [s for s in ("table", "maps", "lists") if s in shapes]
     if full:
         p95 = results[f"page of 100, {full[0]}"]["p95"]
         report["targets_met"] = {f"page of 100 with full data ({full[0]}) p95 <= 20": p95 <= 20}
@@ -654,7 +670,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--search-shapes",
-        default="lean,lists,maps",
+        default="lean,lists,maps,table",
         help="which page shapes to time, of " + ", ".join(SEARCH_SHAPES),
     )
     parser.add_argument(

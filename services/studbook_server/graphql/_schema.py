@@ -30,7 +30,7 @@ from studbook_server.graphql._ids import cursor, parse, uncursor
 from studbook_server.graphql._lineage import Impact, Lineage, LineageDirection, NodeType
 from studbook_server.graphql._loaders import Record
 from studbook_server.graphql._mutations import Mutation
-from studbook_server.graphql._search import RunFilter, RunOrder
+from studbook_server.graphql._search import RunFilter, RunOrder, RunTable
 from studbook_server.graphql._subscriptions import Subscription
 from studbook_server.graphql._types import (
     Connection,
@@ -219,6 +219,27 @@ class Query:
     ) -> Connection[Run]:
         await info.context.reader(project)
         return await _search.search_runs(info, project, filter, order_by, first, after)
+
+    @typed.field(
+        description="The search of `searchRuns` (same filter, order and cursors), the page as "
+        "rows of one JSON value that PostgreSQL builds: for a table of many runs with their "
+        "params, metrics (those in `metricKeys`, when given) and tags, without an object per "
+        "value. See `RunTable.rows` for a row's fields."
+    )
+    async def search_run_table(
+        self,
+        info: Info,
+        project: str,
+        filter: RunFilter | None = None,
+        order_by: RunOrder | None = None,
+        first: int | None = None,
+        after: str | None = None,
+        metric_keys: list[str] | None = None,
+    ) -> RunTable:
+        await info.context.reader(project)
+        return await _search.search_run_table(
+            info, project, filter, order_by, first, after, metric_keys
+        )
 
     @typed.field(
         description=f"Walk lineage from a dataset version, run, model version or deployment. "

@@ -35,11 +35,13 @@ import orjson
 import strawberry
 from strawberry.scalars import JSON
 
+from studbook_server.graphql import _typed as typed
 from studbook_server.graphql._context import Info
 from studbook_server.graphql._errors import BadInput
 from studbook_server.graphql._ids import cursor, parse, uncursor
 from studbook_server.graphql._types import (
     Connection,
+    PageInfo,
     Run,
     RunData,
     RunStatus,
@@ -279,23 +281,50 @@ def wanted_data(info: Info) -> frozenset[str]:
     return frozenset(kind for kind, (fields, _) in _DATA.items() if names & fields)
 
 
-def with_data(statement: str, kinds: frozenset[str]) -> str:
-    """``statement`` (a page of `rm.runs` rows) with a `data_<kind>` JSON column per kind."""
-    if not kinds:
-        return statement
-    columns = ", ".join(
-        f"{sql} AS data_{kind}" for kind, (_, sql) in _DATA.items() if kind in kinds
+_TIME = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+# A `searchRunTable` row: the run's attributes, then its params, metrics (those in the array
+# parameter KEYS, all when it is NULL) and tags, as one JSON object, as text.
+_ROW = (
+    "json_build_object('id', page.project || '/run:' || page.run_id, 'runId', page.run_id, "
+    "'name', page.name, 'experiment', page.experiment, 'status', upper(page.status), "
+    f"'actor', page.actor, 'startedAt', {_TIME.format('page.started_at')}, "
+    f"'finishedAt', {_TIME.format('page.finished_at')}, 'gitCommit', page.git_commit, "
+    "'parentRunId', page.parent_run, "
+    "'params', coalesce(" + _DATA["params"][1] + ", '{}'), "
+    "'metrics', coalesce("
+    + _DATA["metrics"][1].replace(
+        "m.run_id = page.run_id)",
+        "m.run_id = page.run_id AND (KEYS::text[] IS NULL OR m.key = ANY(KEYS::text[])))",
     )
-    return f"SELECT page.*, {columns} FROM ({statement}) page"
+    + ", '{}'), "
+    "'tags', coalesce(" + _DATA["tags"][1] + ", '{}'))::text"
+)
 
 
-def _run(r: Any, kinds: frozenset[str]) -> Run:
+def with_data(
+    statement: str, args: list[Any], kinds: frozenset[str], row_keys: list[str] | bool | None
+) -> tuple[str, list[Any]]:
+    """``statement`` (a page of `rm.runs` rows) with a `data_<kind>` JSON column per kind, and
+    the `data_row` text column of `searchRunTable` unless ``row_keys`` is False (a list: only
+    those metrics; None: all)."""
+    columns = [f"{sql} AS data_{kind}" for kind, (_, sql) in _DATA.items() if kind in kinds]
+    if row_keys is not False:
+        args = [*args, row_keys]
+        columns.append(_ROW.replace("KEYS", f"${len(args)}") + " AS data_row")
+    if not columns:
+        return statement, args
+    return f"SELECT page.*, {', '.join(columns)} FROM ({statement}) page", args
+
+
+def _run(r: Any, kinds: frozenset[str], row: bool) -> Run:
     run = Run.from_row(r)
-    if kinds:
+    if kinds or row:
         run.preloaded = RunData(
             params=(r["data_params"] or {}) if "params" in kinds else None,
             metrics=(r["data_metrics"] or {}) if "metrics" in kinds else None,
             tags=(r["data_tags"] or {}) if "tags" in kinds else None,
+            row=r["data_row"] if row else None,
         )
     return run
 
@@ -340,14 +369,16 @@ async def search_runs(
     order: RunOrder | None,
     first: int | None,
     after: str | None,
+    row_keys: list[str] | bool | None = False,
 ) -> Connection[Run]:
+    """A page of runs; with ``row_keys`` (not False) each run carries its `searchRunTable` row."""
     limit = page_size(first)
     order = order or RunOrder(attribute=RunAttribute.STARTED_AT)
     given = [x for x in (order.metric, order.attribute, order.param, order.tag) if x is not None]
     if len(given) != 1:
         raise BadInput("`orderBy` takes one of `metric` and `attribute` (or `param` or `tag`)")
     count = _count(info, project, f)
-    page = _Page(info, wanted_data(info))
+    page = _Page(info, wanted_data(info) if row_keys is False else frozenset(), row_keys)
     if order.metric is not None:
         rows = await _by_metric(page, project, f, order, order.metric, limit, after)
     elif order.param is not None:
@@ -366,12 +397,13 @@ class _Page:
 
     info: Info
     kinds: frozenset[str]
+    row_keys: list[str] | bool | None = False
 
     async def fetch(self, statement: str, args: list[Any]) -> list[Any]:
-        return await _fetch(self.info, with_data(statement, self.kinds), args)
+        return await _fetch(self.info, *with_data(statement, args, self.kinds, self.row_keys))
 
     def run(self, r: Any) -> Run:
-        return _run(r, self.kinds)
+        return _run(r, self.kinds, self.row_keys is not False)
 
 
 async def _by_attribute(
@@ -547,3 +579,43 @@ async def _by_key(
     )
     rows = await page.fetch(statement, sql.args)
     return out + [(cursor(1, "", r["run_id"]), page.run(r)) for r in rows]
+
+
+@strawberry.type(
+    description="A page of `searchRunTable`: the runs as rows of one JSON value, built by "
+    "PostgreSQL and passed through as they are."
+)
+class RunTable:
+    rows: JSON = strawberry.field(
+        description="The runs in order, each an object: `cursor` (for `after`), `id`, `runId`, "
+        "`name`, `experiment`, `status` (a RunStatus name), `actor`, `startedAt`, `finishedAt` "
+        "(UTC, ISO 8601 with microseconds, or null), `gitCommit`, `parentRunId`, `params` "
+        "(key to JSON value), `metrics` (key to `{value, step, at, min, max, count}`, `value` "
+        "the latest) and `tags` (key to value), each in key order."
+    )
+    page_info: PageInfo
+    count: strawberry.Private[Callable[[], Awaitable[int]] | None] = None
+
+    @typed.field(description="How many runs match (costs a count query).")
+    async def total_count(self) -> int | None:
+        return None if self.count is None else await self.count()
+
+
+async def search_run_table(
+    info: Info,
+    project: str,
+    f: RunFilter | None,
+    order: RunOrder | None,
+    first: int | None,
+    after: str | None,
+    metric_keys: list[str] | None,
+) -> RunTable:
+    page = await search_runs(info, project, f, order, first, after, metric_keys)
+    parts = []
+    for e in page.edges:
+        row = e.node.preloaded.row if e.node.preloaded is not None else None
+        assert row is not None
+        parts.append(f'{{"cursor":"{e.cursor}",{row[1:]}')
+    # A fragment: orjson writes the text as it is (the response is encoded by orjson).
+    rows = orjson.Fragment("[" + ",".join(parts) + "]")
+    return RunTable(rows=JSON(rows), page_info=page.page_info, count=page.count)

@@ -269,6 +269,7 @@ class RunData:
     params: dict[str, Any] | None = None
     metrics: dict[str, dict[str, Any]] | None = None
     tags: dict[str, str] | None = None
+    row: str | None = None  # the `searchRunTable` row, JSON text
 
 
 # How a metric's `at` reads in `metricMap`: what `_search.py`'s SQL spells with to_char.
