@@ -360,3 +360,82 @@ def test_metric_keys_and_runs_without_data(searcher: Searcher) -> None:
         assert n["tagMap"] == r.tags
         assert (n["tags"] == []) == (not r.tags)
     assert any(not fake[n["runId"]].tags for n in nodes)
+
+
+TABLE = """query($f: RunFilter, $o: RunOrder, $first: Int, $after: String, $keys: [String!]) {
+  searchRunTable(project: "search", filter: $f, orderBy: $o, first: $first, after: $after,
+                 metricKeys: $keys) {
+    rows pageInfo { hasNextPage hasPreviousPage startCursor endCursor } totalCount } }"""
+RUN = """query($id: ID!) { run(id: $id) { id runId name experiment status actor startedAt
+  finishedAt gitCommit parentRunId paramMap metricMap tagMap } }"""
+
+
+def _table_pages(api: Api, f: Any, o: Any, first: int, keys: Any = None) -> list[dict[str, Any]]:
+    out = []
+    after = None
+    while True:
+        page = api.query(TABLE, {"f": f, "o": o, "first": first, "after": after, "keys": keys})
+        out.append(page["searchRunTable"])
+        if not page["searchRunTable"]["pageInfo"]["hasNextPage"]:
+            return out
+        after = page["searchRunTable"]["pageInfo"]["endCursor"]
+
+
+def _as_row(run: dict[str, Any], cursor: str) -> dict[str, Any]:
+    """What a `searchRunTable` row says of ``run`` (a `run(id:)` answer)."""
+    times = {
+        k: None if run[k] is None else datetime.fromisoformat(run[k])
+        for k in ("startedAt", "finishedAt")
+    }
+    return {
+        "cursor": cursor,
+        **{k: v for k, v in run.items() if k not in ("paramMap", "metricMap", "tagMap")},
+        **times,
+        "params": run["paramMap"],
+        "metrics": run["metricMap"],
+        "tags": run["tagMap"],
+    }
+
+
+def test_search_run_table_is_search_runs_as_rows(searcher: Searcher) -> None:
+    """Every case, paged by 7 and by 500: the same pages and cursors as searchRuns, and each
+    row what `run(id:)` (the DataLoaders) says of its run."""
+    api = searcher.api
+    loaded = {
+        r.run_id: api.query(RUN, {"id": f"search/run:{r.run_id}"})["run"] for r in searcher.runs
+    }
+    for f, o in CASES:
+        for first in (7, 500):
+            lean = _pages(api, "runId", f, o, first)
+            table = _table_pages(api, f, o, first)
+            assert [p["pageInfo"] for p in table] == [p["pageInfo"] for p in lean], (f, o, first)
+            assert {p["totalCount"] for p in table} == {sum(len(p["edges"]) for p in lean)}
+            rows = [row for p in table for row in p["rows"]]
+            edges = [e for p in lean for e in p["edges"]]
+            assert [(r["runId"], r["cursor"]) for r in rows] == [
+                (e["node"]["runId"], e["cursor"]) for e in edges
+            ]
+            for row in rows:
+                got = {
+                    **row,
+                    **{
+                        k: None if row[k] is None else datetime.fromisoformat(row[k])
+                        for k in ("startedAt", "finishedAt")
+                    },
+                }
+                assert got == _as_row(loaded[row["runId"]], row["cursor"]), (f, o)
+                assert row["startedAt"].endswith("+00:00")
+
+
+def test_search_run_table_metric_keys(searcher: Searcher) -> None:
+    rows = _table_pages(searcher.api, None, {"attribute": "RUN_ID"}, 500, ["acc", "nope"])[0][
+        "rows"
+    ]
+    fake = {r.run_id: r for r in searcher.runs}
+    assert [r["runId"] for r in rows] == sorted(fake, reverse=True)
+    for row in rows:
+        assert list(row["metrics"]) == (["acc"] if "acc" in fake[row["runId"]].metrics else [])
+    none = _table_pages(searcher.api, None, None, 500, [])[0]["rows"]
+    assert all(r["metrics"] == {} for r in none)
+    assert any(r["tags"] == {} for r in none)
+    assert all(r["params"] for r in none)
