@@ -68,7 +68,16 @@ def _events(runs: list[FakeRun]) -> list[dict[str, Any]]:
         out.append(ev("run.started", s, {"name": f"name-{r.run_id}"}, when=r.started, project=P))
         out.append(ev("run.params.logged", s, {"params": r.params}, when=r.started, project=P))
         for key, values in r.metrics.items():
-            points = [{"key": key, "value": v, "step": n} for n, v in enumerate(values)]
+            # Fractions of a second, some with trailing zeros: how maps and rows spell a time.
+            points = [
+                {
+                    "key": key,
+                    "value": v,
+                    "step": n,
+                    "timestamp": f"2026-03-01T12:0{n}:05.{n * 25:03}Z",
+                }
+                for n, v in enumerate(values)
+            ]
             out.append(ev("run.metrics.logged", s, {"metrics": points}, when=r.started, project=P))
         if r.tags:
             out.append(ev("run.tags.set", s, {"tags": r.tags}, when=r.started, project=P))
@@ -330,6 +339,10 @@ def test_a_page_with_its_runs_data_is_the_lean_page_with_each_runs_own_data(
 
 def test_maps_and_lists_say_the_same(searcher: Searcher) -> None:
     page = searcher.api.query(PAGE % f"runId {DATA}", {"first": 500})["searchRuns"]
+    times = {m["at"] for e in page["edges"] for m in e["node"]["metricMap"].values()}
+    assert any("." in t for t in times)  # a fraction of a second, without trailing zeros
+    assert any("." not in t for t in times)
+    assert not any(t.endswith("0+00:00") and "." in t for t in times)
     for e in page["edges"]:
         n = e["node"]
         assert n["paramMap"] == {p["key"]: p["value"] for p in n["params"]}

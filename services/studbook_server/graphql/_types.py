@@ -272,8 +272,11 @@ class RunData:
     row: str | None = None  # the `searchRunTable` row, JSON text
 
 
-# How a metric's `at` reads in `metricMap`: what `_search.py`'s SQL spells with to_char.
-METRIC_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+def utc_text(t: datetime) -> str:
+    """A time as `metricMap` and `searchRunTable` spell it, as `_search._TIME` does in SQL:
+    ISO 8601 in UTC, the fraction of a second without trailing zeros (none when zero)."""
+    text = t.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return (text.rstrip("0") if "." in text else text) + "+00:00"
 
 
 def metric_entry(r: Record) -> dict[str, Any]:
@@ -281,7 +284,7 @@ def metric_entry(r: Record) -> dict[str, Any]:
     return {
         "value": r["value"],
         "step": r["step"],
-        "at": r["at"].astimezone(UTC).strftime(METRIC_AT_FORMAT),
+        "at": utc_text(r["at"]),
         "min": r["min_value"],
         "max": r["max_value"],
         "count": r["points"],
@@ -489,7 +492,7 @@ class Run(Node):
     @typed.field(
         description="Its metrics (those in `keys`, when given) as one JSON object, key to "
         '`{"value", "step", "at", "min", "max", "count"}` (`value` the latest point, `at` its '
-        "time in UTC, ISO 8601), in key order: `metrics` without an object per metric."
+        "time: ISO 8601 in UTC), in key order: `metrics` without an object per metric."
     )
     async def metric_map(self, info: Info, keys: list[str] | None = None) -> JSON:
         metrics = await self._metrics(info)
