@@ -583,7 +583,7 @@ def search_scenario(
         sizes = [len(b["searchRuns"]["nodes"]) for b in bodies[shapes[0]]]
         for s in shapes:
             results[f"page of 100, {s}"] = percentiles(times[s])
-        results["rows per page (min)"] = min(sizes)
+        results["rows per page"] = {"min": min(sizes), "max": max(sizes)}
         b50 = results["baseline {__typename}"]["p50"]
         results["p50 / lean p50"] = {
             s: round(results[f"page of 100, {s}"]["p50"] / results["page of 100, lean"]["p50"], 2)

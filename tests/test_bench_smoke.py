@@ -125,14 +125,17 @@ async def ran(
     }
     whatif_cmd = ["--projector-cmd", WHATIF_CMD]
     graph_database = urlsplit(await database_factory()).path.lstrip("/")
+    search_database = urlsplit(await database_factory()).path.lstrip("/")
+    search_cmd = [PYTHON, "bench/graphql_queries.py", "--scenario", "search", "--tiny"]
     started = time.monotonic()
-    projector, e2e, log_metric, footprint, (graph, queries) = await asyncio.gather(
+    projector, e2e, log_metric, footprint, (graph, queries), search = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
         _run([PYTHON, "bench/projector_throughput.py", "--tiny", *whatif_cmd], whatif_env),
         _run([PYTHON, "bench/sdk_end_to_end.py", "--tiny", "--no-profile"], env),
         _run([PYTHON, "bench/sdk_log_metric.py", "--tiny"], env),
         _run([PYTHON, "bench/embedded_footprint.py", "--tiny"], env),
         _graph_then_queries(graph_database, env),
+        _run([*search_cmd, "--search-database", search_database, "--profile-shape", "table"], env),
     )
     runs = {
         "projector_throughput.py": projector,
@@ -141,6 +144,7 @@ async def ran(
         "embedded_footprint.py": footprint,
         "lineage_graph.py": graph,
         "graphql_queries.py": queries,
+        "graphql_queries.py --scenario search": search,
     }
     each = ", ".join(f"{name} {r.seconds:.1f} s" for name, r in runs.items())
     print(
@@ -309,6 +313,29 @@ def test_graphql_queries(ran: dict[str, Ran]) -> None:
     compared = report["results"]["compareRuns 100 runs x 50 metrics"]
     assert (compared["runs"], compared["metrics"]) == (100, 50)
     assert report["rounds"] == 5
+    assert urlsplit(report["database"]).password in (None, "***")
+
+
+def test_graphql_queries_search_scenario(ran: dict[str, Ran]) -> None:
+    """Seeded through the event store and a rebuild (300 runs: one project.created, four events
+    per run and run.finished for 9 in 10), every shape timed beside the lean page and
+    `{ __typename }`, the full-data shapes checked equal by the benchmark itself, and the
+    profile of the API process reported."""
+    report = ran["graphql_queries.py --scenario search"].report()
+    assert (report["scenario"], report["rounds"]) == ("search", 5)
+    seed = report["seed"]
+    assert (seed["seeded"], seed["runs"], seed["events"]) == (True, 300, 1 + 300 * 4 + 270)
+    results = report["results"]
+    shapes = ("lean", "lists", "maps", "table")
+    _positive(results, "baseline {__typename}.p50", *(f"page of 100, {s}.p95" for s in shapes))
+    assert set(results["p50 / lean p50"]) == set(shapes)
+    assert results["p50 / lean p50"]["lean"] == 1.0
+    assert results["rows per page"]["max"] == 100  # newest first, of 300
+    profile = results["profile of the API process, table"]
+    assert profile["requests"] == 5
+    _positive(profile, "profiled_ms_per_request")
+    assert profile["top_tottime_ms_per_request"]
+    assert list(report["targets_met"]) == ["page of 100 with full data (table) p95 <= 20"]
     assert urlsplit(report["database"]).password in (None, "***")
 
 
