@@ -96,14 +96,22 @@ async def _run(argv: list[str], env: dict[str, str]) -> Ran:
     return Ran(argv, proc.returncode or 0, out.decode(), err.decode(), time.monotonic() - started)
 
 
-async def _graph_then_queries(database: str, env: dict[str, str]) -> tuple[Ran, Ran]:
+async def _graph_then_queries(
+    database: str, search_database: str, env: dict[str, str]
+) -> tuple[Ran, Ran, Ran]:
+    """The graph, its queries, then the search scenario (one API server at a time)."""
     graph = await _run([PYTHON, "bench/lineage_graph.py", "--tiny", "--database", database], env)
     if graph.returncode:
-        return graph, graph
+        return graph, graph, graph
     queries = await _run(
         [PYTHON, "bench/graphql_queries.py", "--tiny", "--database", database], env
     )
-    return graph, queries
+    search = await _run(
+        [PYTHON, "bench/graphql_queries.py", "--scenario", "search", "--tiny",
+         "--search-database", search_database, "--profile-shape", "table"],
+        env,
+    )  # fmt: skip
+    return graph, queries, search
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -126,16 +134,14 @@ async def ran(
     whatif_cmd = ["--projector-cmd", WHATIF_CMD]
     graph_database = urlsplit(await database_factory()).path.lstrip("/")
     search_database = urlsplit(await database_factory()).path.lstrip("/")
-    search_cmd = [PYTHON, "bench/graphql_queries.py", "--scenario", "search", "--tiny"]
     started = time.monotonic()
-    projector, e2e, log_metric, footprint, (graph, queries), search = await asyncio.gather(
+    projector, e2e, log_metric, footprint, (graph, queries, search) = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
         _run([PYTHON, "bench/projector_throughput.py", "--tiny", *whatif_cmd], whatif_env),
         _run([PYTHON, "bench/sdk_end_to_end.py", "--tiny", "--no-profile"], env),
         _run([PYTHON, "bench/sdk_log_metric.py", "--tiny"], env),
         _run([PYTHON, "bench/embedded_footprint.py", "--tiny"], env),
-        _graph_then_queries(graph_database, env),
-        _run([*search_cmd, "--search-database", search_database, "--profile-shape", "table"], env),
+        _graph_then_queries(graph_database, search_database, env),
     )
     runs = {
         "projector_throughput.py": projector,
