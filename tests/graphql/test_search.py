@@ -452,3 +452,19 @@ def test_search_run_table_metric_keys(searcher: Searcher) -> None:
     assert all(r["metrics"] == {} for r in none)
     assert any(r["tags"] == {} for r in none)
     assert all(r["params"] for r in none)
+
+
+def test_search_run_table_needs_read_access_and_checks_its_input(searcher: Searcher) -> None:
+    api = searcher.api
+    q = '{ searchRunTable(project: "search", first: 5) { rows } }'
+    denied = api.errors(q, token="churn-reader")[0]
+    assert "search" in denied["message"]
+    assert api.errors(q, token=None)[0]["extensions"]["code"] == "UNAUTHENTICATED"
+    too_many = api.errors('{ searchRunTable(project: "search", first: 501) { rows } }')[0]
+    assert "`first` must be between 0 and 500" in too_many["message"]
+    bad = api.errors('{ searchRunTable(project: "search", after: "nope!") { rows } }')[0]
+    assert "not a cursor" in bad["message"]
+    empty = api.query(
+        '{ searchRunTable(project: "search", first: 0) { rows pageInfo { hasNextPage } } }'
+    )
+    assert empty["searchRunTable"] == {"rows": [], "pageInfo": {"hasNextPage": True}}
