@@ -58,6 +58,8 @@ _hooks_lock = threading.Lock()
 _inherited: list[object] = []
 # Whether this process has been warned that the gateway refused its token (once per process).
 _token_warned = False
+# Whether this process was forked from one that had a client: its exit may skip atexit.
+_forked = False
 _SDK_DIR = os.path.dirname(__file__) + os.sep
 
 
@@ -193,6 +195,16 @@ class Client:
         if raise_errors:
             self.raise_refused()
 
+    def run_finished(self, *, raise_errors: bool) -> None:
+        """A run's last events are queued. No network round trip: the background thread sends
+        them with the next batch, and ``flush``/``atexit`` confirm delivery. A forked child
+        (e.g. a ``multiprocessing`` worker, which ends with ``os._exit`` and skips ``atexit``)
+        waits for delivery here, as every run's end did before."""
+        if _exit_may_skip_atexit():
+            self.flush(raise_errors=raise_errors)
+        elif raise_errors:
+            self.raise_refused()
+
     def shutdown(
         self,
         timeout: float | None = None,
@@ -234,6 +246,25 @@ def _install_hooks() -> None:
         atexit.register(_at_exit)
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _hooks_installed = True
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+# At import, not with the first client: a child forked before it configures the SDK counts too.
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _exit_may_skip_atexit() -> bool:
+    """Whether this process may end without running ``atexit``: a forked child (``os.fork``,
+    ``multiprocessing``'s fork and forkserver workers end with ``os._exit``) or any
+    ``multiprocessing`` child (a pool's workers are terminated by a signal)."""
+    if _forked:
+        return True
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and mp.parent_process() is not None
 
 
 def _after_fork_in_child() -> None:
