@@ -79,6 +79,10 @@ class RunClient(Protocol):
 
     def flush(self, timeout: float | None = None, *, raise_errors: bool = True) -> None: ...
 
+    def register(self, subject: str, payload: Mapping[str, Any]) -> tuple[str, int | None]:
+        """Send a registration after everything queued; (event id, version number or None)."""
+        ...
+
     def run_finished(self, *, raise_errors: bool) -> None:
         """A run's last events are queued: report what is known (or, where ``atexit`` may not
         run, wait for their delivery)."""
@@ -431,15 +435,20 @@ class Run:
         description: str | None = None,
     ) -> ModelVersion:
         """Register a new version of model ``name`` trained by this run
-        (``model.version.registered``). The registry numbers it when it is stored."""
+        (``model.version.registered``) and return it with its number.
+
+        Unlike other events, the registration is sent at once, after every event emitted
+        before it, and the call waits for the gateway's answer: one round trip, which carries
+        the version number the gateway allocated (``ModelVersion.version``; ``None`` with a
+        ``kafka://`` url or when the gateway is unavailable and the event was spooled).
+        Raises :class:`~studbook.EventRejected` if the gateway refuses it."""
         payload = registration(
             name, artifact_uri, self.id, framework, signature, digest, description
         )
         if self._finished:
             raise StudbookError(f"run {self.name!r} ({self.id}) has finished; start a new run")
-        event_id = self._client.emit("model.version.registered", f"model:{name}", payload)
-        self._client.raise_refused()
-        return ModelVersion(name, artifact_uri, self.id, event_id, digest)
+        event_id, number = self._client.register(f"model:{name}", payload)
+        return ModelVersion(name, artifact_uri, self.id, event_id, digest, number)
 
     # ------------------------------------------------------------------ the end
 
