@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -55,6 +58,7 @@ import asyncpg
 from _common import (
     POLL_S,
     PROJECT,
+    SERVER,
     BenchError,
     Service,
     add_service_args,
@@ -71,7 +75,6 @@ from _common import (
     service_defaults,
     service_env,
 )
-from sdk_end_to_end import _free_port, start_gateway, start_projector
 from studbook_server import auth
 from studbook_server.adapters import postgres
 
@@ -140,6 +143,41 @@ class SweepRun:
         return self.points / self.elapsed_s
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _ready_http(port: int) -> None:
+    """Until GET /readyz answers 200 (PostgreSQL and Kafka reachable)."""
+    while True:
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                status = await reader.readline()
+            finally:
+                writer.close()
+            if status.split(b" ")[1:2] == [b"200"]:
+                return
+        await asyncio.sleep(0.05)
+
+
+async def start_gateway(env: dict[str, str], port: int) -> Service:
+    # SIGINT, as bench/sdk_end_to_end.py does: uvicorn shuts down cleanly on it.
+    argv = [str(SERVER), "ingest", "--port", str(port)]
+    gw = await Service.spawn("gateway", argv, env, stop_signal=signal.SIGINT)
+    await guarded(_ready_http(port), [gw], 60, "the gateway's /readyz")
+    return gw
+
+
+async def start_projector(env: dict[str, str]) -> Service:
+    return await Service.spawn("projector", [str(SERVER), "projector"], env, ready=r"assigned \[")
+
+
 async def _caught_up(port: int, token: str | None, bearer: str) -> bool | None:
     """`GET /v1/consistency?token=...` of the gateway: whether it says the token is caught up."""
     if token is None:
@@ -195,12 +233,12 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
         try:
             _, token = await auth.create_token(con, "bench-sweep", ["write", "read"], [PROJECT])
             projector = await start_projector(
-                service_env(url, args.bootstrap, topic, group, "INFO"), None
+                service_env(url, args.bootstrap, topic, group, "INFO")
             )
             services.append(projector)
             port = _free_port()
             gateway = await start_gateway(
-                service_env(url, args.bootstrap, topic, group, "WARNING"), port, None
+                service_env(url, args.bootstrap, topic, group, "WARNING"), port
             )
             services.append(gateway)
             await guarded(projector.ready.wait(), services, 120, "the projector's assignment")
