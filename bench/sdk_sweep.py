@@ -62,6 +62,7 @@ from _common import (
     BenchError,
     Service,
     add_service_args,
+    cpu_by_name,
     database_name,
     fresh_database,
     fresh_topic,
@@ -135,6 +136,7 @@ class SweepRun:
     loop_s: float  # first start_run -> the last run's end (and, blocking, its flush) returned
     flush_s: float  # first start_run -> the final flush returned
     run_end_ms_median: float  # leaving a run's `with` block (+ the flush, blocking)
+    cpu_s: dict[str, float]  # CPU seconds of the gateway and the projector until queryable
     dispatcher_stats: dict[str, int]
     check: dict[str, Any]
 
@@ -257,6 +259,7 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
                 }
                 env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
                 env["STUDBOOK_CACHE_DIR"] = str(Path(tmp) / "cache")
+                cpu0 = cpu_by_name({s.name: s.proc.pid for s in services})
                 client = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
@@ -276,6 +279,7 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
                         args.timeout,
                         f"{args.points} points and {args.runs} runs in the read models",
                     )
+                    cpu1 = cpu_by_name({s.name: s.proc.pid for s in services})
                     out, err = await asyncio.wait_for(client_io, args.timeout)
                 finally:
                     if client.returncode is None:
@@ -298,6 +302,7 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
         loop_s=c["t_loop"] - c["t_first"],
         flush_s=c["t_flushed"] - c["t_first"],
         run_end_ms_median=median(c["run_end_ms"]),
+        cpu_s={k: round(cpu1[k] - cpu0[k], 2) for k in cpu0},
         dispatcher_stats=c["dispatcher_stats"],
         check=check,
     )
@@ -351,7 +356,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"[{i}/{args.repeat}] {variant}: {r.points} points in {r.elapsed_s:.2f}s = "
                 f"{r.per_s:,.0f} points/s until queryable; loop {r.loop_s:.2f}s, flushed "
                 f"{r.flush_s:.2f}s; a run's end {r.run_end_ms_median:.2f} ms (median); "
-                f"SDK {r.dispatcher_stats}"
+                f"CPU s {r.cpu_s}; SDK {r.dispatcher_stats}"
             )
     per_s = {v: median([r.per_s for r in rs]) for v, rs in samples.items()}
     return {
@@ -369,6 +374,10 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "run_end_ms_median": {
             v: round(median([r.run_end_ms_median for r in rs]), 3) for v, rs in samples.items()
+        },
+        "cpu_s_median": {
+            v: {k: round(median([r.cpu_s[k] for r in rs]), 2) for k in rs[0].cpu_s}
+            for v, rs in samples.items()
         },
         "repeat": args.repeat,
         "medians": True,
