@@ -23,7 +23,8 @@ client's last consistency token must be caught up (`GET /v1/consistency`), and
 
 Measurements are interleaved (blocking, handoff, blocking, ...) `--repeat` times; the report
 gives medians, the ratio handoff / blocking, and per variant the client's own figures (the
-loop until the last run's end returned, the final flush, the median time a run's end took).
+loop until the last run's end returned, the final flush, the median time a run's end took) and
+the CPU seconds of the gateway, the projector, their PostgreSQL backends and the client.
 
 Prints ONE JSON object on stdout; progress goes to stderr.
 
@@ -62,7 +63,9 @@ from _common import (
     BenchError,
     Service,
     add_service_args,
+    backend_cpu,
     cpu_by_name,
+    cpu_delta,
     database_name,
     fresh_database,
     fresh_topic,
@@ -86,7 +89,13 @@ TINY = {"runs": 4, "params": 2, "metrics": 2, "steps": 10, "repeat": 1}
 
 # Run as `python -c CLIENT CONFIG_JSON`. Prints one JSON line.
 CLIENT = r"""
-import json, sys, time
+import json, resource, sys, time
+
+
+def cpu_s():
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
 
 cfg = json.loads(sys.argv[1])
 
@@ -98,6 +107,7 @@ studbook.init(url=cfg["url"], project=cfg["project"], token=cfg["token"],
 blocking = cfg["variant"] == "blocking"
 keys = [f"m{k}" for k in range(cfg["metrics"])]
 ends = []
+cpu_first = cpu_s()
 t_first = time.monotonic()
 for i in range(cfg["runs"]):
     params = {f"p{j}": 0.001 * (i + 1) * (j + 1) for j in range(cfg["params"])}
@@ -112,7 +122,9 @@ for i in range(cfg["runs"]):
 t_loop = time.monotonic()
 studbook.flush(timeout=cfg["flush_timeout"])
 t_flushed = time.monotonic()
+cpu_flushed = cpu_s()
 print(json.dumps({
+    "cpu_s": cpu_flushed - cpu_first,
     "t_first": t_first,
     "t_loop": t_loop,
     "t_flushed": t_flushed,
@@ -136,7 +148,7 @@ class SweepRun:
     loop_s: float  # first start_run -> the last run's end (and, blocking, its flush) returned
     flush_s: float  # first start_run -> the final flush returned
     run_end_ms_median: float  # leaving a run's `with` block (+ the flush, blocking)
-    cpu_s: dict[str, float]  # CPU seconds of the gateway and the projector until queryable
+    cpu_s: dict[str, float]  # CPU seconds until queryable (the client's: until its flush)
     dispatcher_stats: dict[str, int]
     check: dict[str, Any]
 
@@ -260,6 +272,7 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
                 env = {k: v for k, v in os.environ.items() if not k.startswith("STUDBOOK_")}
                 env["STUDBOOK_CACHE_DIR"] = str(Path(tmp) / "cache")
                 cpu0 = cpu_by_name({s.name: s.proc.pid for s in services})
+                pg0 = await backend_cpu(con, database_name(url))
                 client = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
@@ -280,6 +293,7 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
                         f"{args.points} points and {args.runs} runs in the read models",
                     )
                     cpu1 = cpu_by_name({s.name: s.proc.pid for s in services})
+                    pg1 = await backend_cpu(con, database_name(url))
                     out, err = await asyncio.wait_for(client_io, args.timeout)
                 finally:
                     if client.returncode is None:
@@ -302,7 +316,11 @@ async def run_sweep(variant: str, args: argparse.Namespace) -> SweepRun:
         loop_s=c["t_loop"] - c["t_first"],
         flush_s=c["t_flushed"] - c["t_first"],
         run_end_ms_median=median(c["run_end_ms"]),
-        cpu_s={k: round(cpu1[k] - cpu0[k], 2) for k in cpu0},
+        cpu_s={
+            **{k: round(cpu1[k] - cpu0[k], 2) for k in cpu0},
+            "postgres": round(cpu_delta(pg0, pg1), 2),
+            "client_until_flushed": round(c["cpu_s"], 2),
+        },
         dispatcher_stats=c["dispatcher_stats"],
         check=check,
     )
