@@ -135,13 +135,22 @@ async def ran(
     graph_database = urlsplit(await database_factory()).path.lstrip("/")
     search_database = urlsplit(await database_factory()).path.lstrip("/")
     started = time.monotonic()
-    projector, e2e, sweep, log_metric, footprint, (graph, queries, search) = await asyncio.gather(
+    (
+        projector,
+        e2e,
+        sweep,
+        log_metric,
+        footprint,
+        freshness,
+        (graph, queries, search),
+    ) = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
         _run([PYTHON, "bench/projector_throughput.py", "--tiny", *whatif_cmd], whatif_env),
         _run([PYTHON, "bench/sdk_end_to_end.py", "--tiny", "--no-profile"], env),
         _run([PYTHON, "bench/sdk_sweep.py", "--tiny"], env),
         _run([PYTHON, "bench/sdk_log_metric.py", "--tiny"], env),
         _run([PYTHON, "bench/embedded_footprint.py", "--tiny"], env),
+        _run([PYTHON, "bench/freshness.py", "--tiny"], env),
         _graph_then_queries(graph_database, search_database, env),
     )
     runs = {
@@ -150,6 +159,7 @@ async def ran(
         "sdk_sweep.py": sweep,
         "sdk_log_metric.py": log_metric,
         "embedded_footprint.py": footprint,
+        "freshness.py": freshness,
         "lineage_graph.py": graph,
         "graphql_queries.py": queries,
         "graphql_queries.py --scenario search": search,
@@ -314,6 +324,29 @@ def test_embedded_footprint(ran: dict[str, Ran]) -> None:
         "ratio_restart_to_postgres_alone",
     )
     assert report["repeat"] == 1
+
+
+def test_freshness(ran: dict[str, Ran]) -> None:
+    report = ran["freshness.py"].report()
+    for config in ("old", "new"):
+        _positive(
+            report,
+            f"lag_ms.{config}.p50_ms",
+            f"lag_ms.{config}.p99_ms",
+            f"read_your_writes_ms.{config}.wait_until.p99_ms",
+            f"read_your_writes_ms.{config}.old_poll.p99_ms",
+            f"ratio_to_old.{config}.p99_ms",
+            f"events_per_batch_median.{config}",
+        )
+        (sample,) = report["samples"][config]
+        # --tiny: 500 events/s for 2 s, every one stored, none dead-lettered or refused.
+        assert sample["events_produced"] == 1000
+        assert sample["events_stored"] == 1000
+        assert sample["lag"]["events"] == 750  # the first 0.5 s are not counted
+    assert report["verified"] is True
+    assert report["repeat"] == 1
+    assert set(report["configs"]) == {"old", "new"}
+    assert report["configs"]["new"] == {}, "the new configuration is the defaults"
 
 
 def test_lineage_graph(ran: dict[str, Ran]) -> None:

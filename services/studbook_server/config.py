@@ -29,6 +29,13 @@ class Settings:
     graphql_max_body_bytes: int = 1024 * 1024
     # `studbook-server projector` serves Prometheus metrics on this port (0: none).
     metrics_port: int = 0
+    # Freshness (docs/operations.md#freshness): a projector batch is written once the consumer
+    # has had nothing more for `batch_idle_ms`, or `batch_latency_ms` after its first record
+    # (0: as soon as the first poll returns), or at `batch_max_records`.
+    batch_latency_ms: int = 25
+    batch_idle_ms: int = 5
+    # How long the broker holds a consumer's fetch that finds nothing (aiokafka's default: 500).
+    fetch_max_wait_ms: int = 100
 
     @property
     def embedded(self) -> bool:
@@ -60,4 +67,7 @@ def load_settings(env_file: str | None = None) -> Settings:
         publish_timeout_s=config("PUBLISH_TIMEOUT_S", cast=float, default=10.0),
         graphql_max_body_bytes=config("GRAPHQL_MAX_BODY_BYTES", cast=int, default=1024 * 1024),
         metrics_port=config("METRICS_PORT", cast=int, default=0),
+        batch_latency_ms=config("BATCH_LATENCY_MS", cast=int, default=25),
+        batch_idle_ms=config("BATCH_IDLE_MS", cast=int, default=5),
+        fetch_max_wait_ms=config("FETCH_MAX_WAIT_MS", cast=int, default=100),
     )

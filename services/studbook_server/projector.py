@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from studbook_server import consistency
 from studbook_server.adapters import postgres
 from studbook_server.adapters.postgres import Incoming
 from studbook_server.adapters.readmodels import apply_batch, catch_up
@@ -175,6 +176,8 @@ INSERT INTO public.dead_letters (event_id, position, source, reason, raw) VALUES
 ON CONFLICT (position) WHERE position IS NOT NULL DO NOTHING
 """
 
+_NOTIFY_PROJECTED = f"NOTIFY {consistency.PROJECTED_CHANNEL}"
+
 _STORE_OFFSETS = """
 INSERT INTO public.consumer_offsets (group_id, topic, partition, next_offset)
 SELECT $1, $2, p, o FROM unnest($3::int[], $4::int8[]) AS x(p, o)
@@ -214,6 +217,8 @@ async def store_batch(
             await con.execute(
                 _STORE_OFFSETS, group_id, topic, parts, [next_offsets[p] for p in parts]
             )
+            # Delivered at commit: wakes readers waiting on a consistency token at once.
+            await con.execute(_NOTIFY_PROJECTED)
     stats.batches += 1
     stats.appended += len(stored)
     stats.duplicates += len(decoded.incoming) - len(stored) - len(conflicts)
@@ -236,6 +241,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         # Let the batch in flight commit first, so the next owner starts after it.
         async with self._p.busy:
             self._p.positioned.clear()
+            self._p._assignments += 1
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._p.seek_to_stored(list(assigned))
@@ -269,7 +275,12 @@ class KafkaProjector:
             # prefetch took it past 300 MiB on long streams) without slowing it (bench/README.md).
             fetch_max_bytes=4 * 1024 * 1024,
             max_partition_fetch_bytes=1024 * 1024,
+            # A fetch that finds nothing waits at the broker for at most this long; meanwhile no
+            # other fetch goes to that broker, so it bounds how late a record on a partition
+            # left out of that fetch is seen (docs/operations.md#freshness).
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
+        self._assignments = 0  # counts revocations: a batch gathered across one is dropped
 
     def stop(self) -> None:
         self._stopping.set()
@@ -315,15 +326,51 @@ class KafkaProjector:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.positioned.wait(), timeout=0.2)
                     continue
-                batch = await self.consumer.getmany(
-                    timeout_ms=self.settings.batch_timeout_ms,
-                    max_records=self.settings.batch_max_records,
-                )
+                batch = await self._next_batch()
                 if batch:
                     await self._process(batch)
         finally:
             await self.consumer.stop()
             log.info("%s stopped: %s", self.name, self.stats)
+
+    async def _next_batch(self) -> dict[TopicPartition, list[Any]]:
+        """The next batch to store: what the consumer holds once a record is there, plus what
+        it receives while more keeps coming (a gap of ``batch_idle_ms`` closes the batch), for
+        at most ``batch_latency_ms`` after the first record and ``batch_max_records`` records.
+
+        ``batch_timeout_ms`` only bounds one wait of an idle projector for a first record; it
+        never delays a batch. See docs/operations.md#freshness."""
+        s = self.settings
+        assignments = self._assignments
+        # At most 1 s at a time, so that a stop request is seen promptly whatever the setting.
+        batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(
+            timeout_ms=max(1, min(s.batch_timeout_ms, 1000)), max_records=s.batch_max_records
+        )
+        if not batch or s.batch_latency_ms <= 0:
+            return batch
+        loop = asyncio.get_running_loop()
+        close_at = loop.time() + s.batch_latency_ms / 1000
+        count = sum(len(records) for records in batch.values())
+        while count < s.batch_max_records:
+            left_ms = (close_at - loop.time()) * 1000
+            if left_ms <= 0:
+                break
+            # Draining the buffer above sent the next fetch: its answer (what the broker has
+            # now) comes within a round trip, or nothing more is immediately available.
+            more = await self.consumer.getmany(
+                timeout_ms=max(1, int(min(s.batch_idle_ms, left_ms))),
+                max_records=s.batch_max_records - count,
+            )
+            if not more:
+                break
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
+        if self._assignments != assignments:
+            # Partitions were revoked meanwhile: the new assignment resumes from the offsets
+            # PostgreSQL holds, so these records come again (or go to the new owner).
+            return {}
+        return batch
 
     def _decode(
         self, batch: dict[TopicPartition, list[Any]]
@@ -484,6 +531,7 @@ class KafkaProjector:
             _STORE_OFFSETS, self.settings.consumer_group, self.settings.events_topic,
             [partition], [offset + 1],
         )  # fmt: skip
+        await con.execute(_NOTIFY_PROJECTED)
 
 
 class StoreTailer:
@@ -522,6 +570,8 @@ class StoreTailer:
                     self._wake.clear()
                     started = time.perf_counter()
                     applied = await catch_up(con, batch=self.batch)
+                    if applied:  # the checkpoint moved: wake readers waiting on a token
+                        await con.execute(_NOTIFY_PROJECTED)
                     self.behind = await postgres.head_position(con) - await con.fetchval(
                         "SELECT position FROM checkpoint"
                     )

@@ -30,6 +30,8 @@ from studbook_server.errors import StudbookError
 # The largest event Kafka takes: the broker's message.max.bytes (scripts/stack.py,
 # docker-compose.yml) is set to the same.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+# The most one partition's batch of records may carry in one produce request (aiokafka: 16 KiB).
+PRODUCER_MAX_BATCH_BYTES = 1024 * 1024
 
 
 class PublishUnavailable(StudbookError):
@@ -111,8 +113,12 @@ class KafkaPublisher:
 
     refuses_conflicts = False  # the projector dead-letters a conflict that slips past
 
-    def __init__(self, bootstrap: str, topic: str, key: bytes, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, key: bytes, timeout_s: float = 10.0,
+        *, max_batch_bytes: int = PRODUCER_MAX_BATCH_BYTES,
+    ) -> None:  # fmt: skip
         self.topic = topic
+        self.max_batch_bytes = max_batch_bytes
         self.bootstrap = bootstrap
         self.key = key  # signs the sender's principal on each record (domain/attestation.py)
         self.timeout_s = timeout_s
@@ -125,7 +131,13 @@ class KafkaPublisher:
             bootstrap_servers=self.bootstrap,
             enable_idempotence=True,
             acks="all",
+            # A record waits at most 5 ms for others to share its request. aiokafka has one
+            # request in flight per broker, so a request must be able to carry everything that
+            # waited meanwhile: with the 16 KiB default, a steady 5k events/s of ~1 KB outgrew
+            # what one request per round trip could carry, and acks (and freshness) fell
+            # seconds behind. Memory is what is waiting, not this bound (docs/operations.md).
             linger_ms=5,
+            max_batch_size=self.max_batch_bytes,
             max_request_size=MAX_EVENT_BYTES,
             # A send the broker does not answer fails in time for the gateway to say 503.
             request_timeout_ms=int(self.timeout_s * 1000),
