@@ -2,12 +2,14 @@
 
 Every statement here names read-model tables without a schema: connections set
 `search_path = rm, public` (or `rm_new, public` during a rebuild), so the same code fills either.
-One statement per table per batch: COPY for metric points, array-unnest or executemany for the rest.
+One statement per table per batch: COPY for metric chunks, array-unnest or executemany for the rest.
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,6 +26,7 @@ from studbook_server.domain.contract import encode_event
 from studbook_server.domain.projection import (
     Assignment,
     Changes,
+    MetricPoints,
     State,
     StateKeys,
     StoredEvent,
@@ -264,6 +267,170 @@ ON CONFLICT (position) WHERE position IS NOT NULL DO NOTHING
 """
 
 
+# ---------------------------------------------------------------------------- metric chunks
+
+# Points per sealed chunk (schema/sql/0010_metric_chunks.sql converts existing points with the
+# same number). Big enough that the arrays are compressed and the row overhead (~100 bytes with
+# its index entries) is a fraction of a byte per point; small enough that sealing a tail reads
+# back little. bench/metric_storage.py measures the choice.
+CHUNK_POINTS = 1024
+
+# Each series' id and how many points it has so far (its ordinals go on from there), and the
+# highest id, for the series this batch starts.
+_SERIES = """
+SELECT k.i, s.id, coalesce(m.points, 0), (SELECT coalesce(max(id), 0) FROM metric_series)
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(project, run_id, key, i)
+LEFT JOIN metric_series s ON s.project = k.project AND s.run_id = k.run_id AND s.key = k.key
+LEFT JOIN run_metrics m ON m.project = k.project AND m.run_id = k.run_id AND m.key = k.key
+"""
+
+_NEW_SERIES = """
+INSERT INTO metric_series (id, project, run_id, key)
+SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+"""
+
+# The tail rows of the series this batch seals: read back and replaced by a sealed chunk.
+_TAKE_TAILS = """
+DELETE FROM metric_chunks c USING unnest($1::int8[], $2::int8[]) AS k(id, seq)
+WHERE c.series_id = k.id AND c.seq >= k.seq
+RETURNING c.series_id, c.seq, c.steps, c.vals, c.ats, c.positions
+"""
+
+_CHUNK_COLUMNS = [
+    "series_id", "seq", "n", "step_min", "step_max", "value_min", "value_max", "last_value",
+    "position_min", "position_max", "steps", "vals", "ats", "positions",
+]  # fmt: skip
+
+
+def _chunk(
+    series_id: int,
+    seq: int,
+    steps: list[int],
+    values: list[float],
+    ats: list[datetime],
+    positions: list[int],
+) -> tuple[Any, ...]:
+    """One rm.metric_chunks row. Positions never decrease along a series, so the latest point
+    (by step, then position, then order) is the last one holding the highest step."""
+    top = max(steps)
+    last = len(steps) - 1 if steps[-1] == top else len(steps) - 1 - steps[::-1].index(top)
+    return (
+        series_id, seq, len(steps), min(steps), top, min(values), max(values), values[last],
+        positions[0], positions[-1], steps, values, ats, positions,
+    )  # fmt: skip
+
+
+def cut_chunks(
+    series_id: int,
+    first: int,
+    steps: list[int],
+    values: list[float],
+    ats: list[datetime],
+    positions: list[int],
+    size: int = CHUNK_POINTS,
+) -> list[tuple[Any, ...]]:
+    """The chunk rows of a series' points from ordinal ``first`` on, when the points before
+    ``first`` are sealed or are tail rows of earlier events: full chunks at multiples of
+    ``size``, and the rest one tail row per event (store position)."""
+    rows: list[tuple[Any, ...]] = []
+    n = len(steps)
+    i = 0
+    ordinal = first
+    # Up to the next multiple of `size`, then whole chunks, while they fill.
+    boundary = (first // size + 1) * size
+    if first % size == 0:
+        boundary = first
+    while True:
+        if ordinal == boundary and n - i >= size:
+            j = i + size
+            rows.append(
+                _chunk(series_id, ordinal, steps[i:j], values[i:j], ats[i:j], positions[i:j])
+            )
+            i, ordinal, boundary = j, ordinal + size, boundary + size
+            continue
+        break
+    # The tail: one row per event, never across a multiple of `size` (whose points are sealed).
+    while i < n:
+        j = bisect_right(positions, positions[i], i, n)
+        rows.append(_chunk(series_id, ordinal, steps[i:j], values[i:j], ats[i:j], positions[i:j]))
+        ordinal += j - i
+        i = j
+    return rows
+
+
+async def write_metric_points(con: Connection, points: MetricPoints) -> None:
+    """Append a batch's points to rm.metric_chunks (see schema/sql/0010_metric_chunks.sql).
+
+    The layout depends only on each series' points in logged order: a series whose tail reaches
+    a full chunk in this batch has its tail rows read back, deleted and written sealed; every
+    other new point goes into a tail row of its event. Nothing compressed is ever rewritten.
+    Runs before the rm.run_metrics upsert, whose `points` say where each series stands.
+    """
+    keys = list(points)
+    p, r, k = (list(c) for c in zip(*keys, strict=True))
+    found = await con.fetch(_SERIES, p, r, k)
+    found.sort(key=lambda row: row[0])
+    top = found[0][3] if found else 0
+    new_ids: list[int] = []
+    ids: list[int] = []
+    totals: list[int] = []
+    for row in found:
+        sid = row[1]
+        if sid is None:
+            top += 1
+            sid = top
+            new_ids.append(len(ids))
+        ids.append(sid)
+        totals.append(row[2])
+    if new_ids:
+        await con.execute(
+            _NEW_SERIES,
+            [ids[i] for i in new_ids], [p[i] for i in new_ids], [r[i] for i in new_ids],
+            [k[i] for i in new_ids],
+        )  # fmt: skip
+    size = CHUNK_POINTS
+    sealing: list[int] = []  # indexes of series whose tail this batch seals
+    for i, key in enumerate(keys):
+        total = totals[i]
+        tail_start = total // size * size
+        if total > tail_start and total + len(points[key].steps) >= tail_start + size:
+            sealing.append(i)
+    tails: dict[int, list[Any]] = {}
+    if sealing:
+        taken = await con.fetch(
+            _TAKE_TAILS,
+            [ids[i] for i in sealing],
+            [totals[i] // size * size for i in sealing],
+        )
+        for row in sorted(taken, key=lambda t: (t[0], t[1])):
+            tails.setdefault(row[0], []).append(row)
+    records: list[tuple[Any, ...]] = []
+    for i, key in enumerate(keys):
+        sp = points[key]
+        sid, total = ids[i], totals[i]
+        old = tails.get(sid)
+        if old:
+            steps: list[int] = []
+            values: list[float] = []
+            ats: list[datetime] = []
+            positions: list[int] = []
+            for row in old:
+                steps.extend(row[2])
+                values.extend(row[3])
+                ats.extend(row[4])
+                positions.extend(row[5])
+            first = old[0][1]
+            records += cut_chunks(
+                sid, first, steps + sp.steps, values + sp.values, ats + sp.ats,
+                positions + sp.positions, size,
+            )  # fmt: skip
+        else:
+            records += cut_chunks(sid, total, sp.steps, sp.values, sp.ats, sp.positions, size)
+    await con.copy_records_to_table(
+        "metric_chunks", records=records, columns=_CHUNK_COLUMNS, schema_name=await _schema(con)
+    )
+
+
 def _columns(rows: list[tuple[Any, ...]], n: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
 
@@ -296,12 +463,7 @@ async def write_changes(con: Connection, ch: Changes) -> None:
     if ch.tags_set:
         await con.execute(_TAGS_SET, *_columns(list(ch.tags_set.values()), 4))
     if ch.metric_points:
-        await con.copy_records_to_table(
-            "run_metric_points",
-            records=ch.metric_points,
-            columns=["project", "run_id", "key", "step", "value", "at", "position"],
-            schema_name=await _schema(con),
-        )
+        await write_metric_points(con, ch.metric_points)
     if ch.metric_summaries:
         rows = [
             (*k, m.value, m.step, m.at, m.position, m.min_value, m.max_value, m.points)

@@ -175,6 +175,54 @@ class State:
 
 
 @dataclass(slots=True)
+class SeriesPoints:
+    """One series' points in a batch, in the order they were logged (columns, not rows: the
+    writer cuts them into chunks of rm.metric_chunks without touching each point again)."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    ats: list[datetime] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    def extend(self, other: SeriesPoints) -> None:
+        self.steps.extend(other.steps)
+        self.values.extend(other.values)
+        self.ats.extend(other.ats)
+        self.positions.extend(other.positions)
+
+
+class MetricPoints(dict[tuple[str, str, str], SeriesPoints]):
+    """A batch's metric points by series (project, run, key), series in order of their first
+    point; ``len`` is the number of points."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        # Any series, even of a rule that failed before counting its points (then discarded).
+        return dict.__len__(self) > 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.count = 0
+
+    def absorb(self, other: MetricPoints) -> None:
+        for series, points in other.items():
+            mine = self.get(series)
+            if mine is None:
+                self[series] = points
+            else:
+                mine.extend(points)
+        self.count += other.count
+
+
+@dataclass(slots=True)
 class MetricSummary:
     """The batch's contribution to one (run, key) row of rm.run_metrics."""
 
@@ -226,7 +274,7 @@ class Changes:
     params: dict[tuple[str, str, str], Row] = field(default_factory=dict)
     tags_set: dict[tuple[str, str, str], Row] = field(default_factory=dict)
     tags_removed: set[tuple[str, str, str]] = field(default_factory=set)
-    metric_points: list[Row] = field(default_factory=list)
+    metric_points: MetricPoints = field(default_factory=MetricPoints)
     metric_summaries: dict[tuple[str, str, str], MetricSummary] = field(default_factory=dict)
     outputs: list[Row] = field(default_factory=list)
     datasets: dict[tuple[str, str], Row] = field(default_factory=dict)
@@ -286,6 +334,9 @@ class Changes:
                 self.tags_removed.discard(tag)
                 self.tags_set[tag] = row
             one.tags_set.clear()
+        if one.metric_points:
+            self.metric_points.absorb(one.metric_points)
+            one.metric_points.clear()
         if one.metric_summaries:
             for series, summary in one.metric_summaries.items():
                 mine = self.metric_summaries.get(series)
@@ -323,14 +374,15 @@ class Changes:
 
 
 _APPENDED = (
-    "runs_started", "runs_finished", "metric_points", "outputs", "dataset_versions",
+    "runs_started", "runs_finished", "outputs", "dataset_versions",
     "dataset_versions_reported", "dataset_versions_filled",
     "model_versions", "approvals", "annotations", "redactions", "rejected",
 )  # fmt: skip
 
 
 _ALL_FIELDS = (
-    *_APPENDED, "projects", "params", "tags_set", "tags_removed", "metric_summaries", "datasets",
+    *_APPENDED, "projects", "params", "tags_set", "tags_removed", "metric_points",
+    "metric_summaries", "datasets",
     "models", "assignments_new", "assignments_closed", "edges", "facets",
 )  # fmt: skip
 
@@ -684,13 +736,16 @@ def _run_params_logged(s: StoredEvent, state: State, ch: Changes) -> None:
 def _run_metrics_logged(s: StoredEvent, state: State, ch: Changes) -> None:
     e = s.event
     run_id = e.subject_key
-    points = ch.metric_points
+    project_ = e.project
+    position = s.position
+    series = ch.metric_points
     summaries = ch.metric_summaries
     parse = datetime.fromisoformat
     # Points logged together share their timestamp text: parse each distinct one once.
     last_ts: str | None = None
     last_at = e.occurred_at
-    for m in e.payload["metrics"]:
+    metrics = e.payload["metrics"]
+    for m in metrics:
         key = m["key"]
         value = float(m["value"])
         step = m.get("step", 0)
@@ -702,13 +757,18 @@ def _run_metrics_logged(s: StoredEvent, state: State, ch: Changes) -> None:
         else:
             at = last_at = parse(ts)
             last_ts = ts
-        points.append((e.project, run_id, key, step, value, at, s.position))
-        skey = (e.project, run_id, key)
-        summary = summaries.get(skey)
-        if summary is None:
-            summaries[skey] = MetricSummary(value, step, at, s.position, value, value, 1)
+        skey = (project_, run_id, key)
+        points = series.get(skey)
+        if points is None:
+            points = series[skey] = SeriesPoints()
+            summaries[skey] = MetricSummary(value, step, at, position, value, value, 1)
         else:
-            summary.add(value, step, at, s.position)
+            summaries[skey].add(value, step, at, position)
+        points.steps.append(step)
+        points.values.append(value)
+        points.ats.append(at)
+        points.positions.append(position)
+    series.count += len(metrics)
 
 
 def _run_tags_set(s: StoredEvent, state: State, ch: Changes) -> None:
