@@ -60,12 +60,13 @@ $$;
 CREATE TEMP TABLE metric_points_ordered ON COMMIT DROP AS
 SELECT project, run_id, key, step, value, at, position,
        row_number() OVER (PARTITION BY project, run_id, key ORDER BY position, ctid) - 1 AS ordinal,
-       min(position) OVER (PARTITION BY project, run_id, key) AS first_position
+       row_number() OVER (ORDER BY position, ctid) AS arrival
 FROM rm.run_metric_points;
 
+-- Ids in order of each series' first point, as the projector assigns them.
 INSERT INTO rm.metric_series (id, project, run_id, key)
-SELECT row_number() OVER (ORDER BY first_position, project, run_id, key), project, run_id, key
-FROM (SELECT DISTINCT project, run_id, key, first_position FROM metric_points_ordered) s;
+SELECT row_number() OVER (ORDER BY min(arrival)), project, run_id, key
+FROM metric_points_ordered GROUP BY project, run_id, key;
 
 WITH counted AS (
     SELECT p.*, s.id AS series_id,
