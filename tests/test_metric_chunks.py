@@ -26,7 +26,7 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 def test_cut_chunks_seals_at_multiples_and_keeps_one_tail_row_per_event() -> None:
     steps = list(range(10))
-    ats = [T0] * 10
+    ats = [0] * 10
     positions = [1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
     rows = cut_chunks(7, 0, steps, [float(s) for s in steps], ats, positions, size=4)
     # (series, seq, n): chunks [0, 4) and [4, 8) sealed; the rest is event 3's tail.
@@ -39,7 +39,7 @@ def test_cut_chunks_seals_at_multiples_and_keeps_one_tail_row_per_event() -> Non
 
 
 def test_a_chunk_keeps_the_latest_point_by_step_then_order() -> None:
-    (row,) = cut_chunks(1, 0, [3, 5, 1, 5, 2], [0.1, 0.2, 0.3, 0.4, 0.5], [T0] * 5, [1] * 5, 8)
+    (row,) = cut_chunks(1, 0, [3, 5, 1, 5, 2], [0.1, 0.2, 0.3, 0.4, 0.5], [0] * 5, [1] * 5, 8)
     n, step_min, step_max, value_min, value_max, last = row[2:8]
     assert (n, step_min, step_max, value_min, value_max, last) == (5, 1, 5, 0.1, 0.5, 0.4)
 

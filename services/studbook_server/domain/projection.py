@@ -15,7 +15,7 @@ import hashlib
 from collections import ChainMap
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from studbook_server.domain.contract import Event
@@ -174,15 +174,47 @@ class State:
 # ------------------------------------------------------------------------------------ output
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(at: datetime) -> int:
+    """Microseconds since the Unix epoch (exact, unlike ``timestamp()``)."""
+    return (at - EPOCH) // _MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
 @dataclass(slots=True)
 class SeriesPoints:
     """One series' points in a batch, in the order they were logged (columns, not rows: the
-    writer cuts them into chunks of rm.metric_chunks without touching each point again)."""
+    writer cuts them into chunks of rm.metric_chunks without touching each point again).
+    Times are microseconds since the Unix epoch."""
 
     steps: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
-    ats: list[datetime] = field(default_factory=list)
+    ats: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+
+    def summary(self) -> MetricSummary:
+        """The latest point by (step, time, position), later logged on ties; min, max, count."""
+        steps = self.steps
+        top = max(steps)
+        if steps.count(top) == 1:
+            i = steps.index(top)
+        else:
+            ats, positions = self.ats, self.positions
+            i = max(
+                (j for j, step in enumerate(steps) if step == top),
+                key=lambda j: (ats[j], positions[j], j),
+            )
+        values = self.values
+        return MetricSummary(
+            values[i], top, from_micros(self.ats[i]), self.positions[i], min(values),
+            max(values), len(values),
+        )  # fmt: skip
 
     def extend(self, other: SeriesPoints) -> None:
         self.steps.extend(other.steps)
@@ -234,23 +266,6 @@ class MetricSummary:
     max_value: float
     points: int
 
-    def add(self, value: float, step: int, at: datetime, position: int) -> None:
-        if (step, at, position) >= (self.step, self.at, self.position):
-            self.value, self.step, self.at, self.position = value, step, at, position
-        self.min_value = min(self.min_value, value)
-        self.max_value = max(self.max_value, value)
-        self.points += 1
-
-    def merge(self, other: MetricSummary) -> None:
-        """Fold in a later event's summary of the same series."""
-        if (other.step, other.at, other.position) >= (self.step, self.at, self.position):
-            self.value, self.step, self.at, self.position = (
-                other.value, other.step, other.at, other.position
-            )  # fmt: skip
-        self.min_value = min(self.min_value, other.min_value)
-        self.max_value = max(self.max_value, other.max_value)
-        self.points += other.points
-
 
 @dataclass(frozen=True, slots=True)
 class Redaction:
@@ -275,6 +290,7 @@ class Changes:
     tags_set: dict[tuple[str, str, str], Row] = field(default_factory=dict)
     tags_removed: set[tuple[str, str, str]] = field(default_factory=set)
     metric_points: MetricPoints = field(default_factory=MetricPoints)
+    # Filled from metric_points at the end of `project`.
     metric_summaries: dict[tuple[str, str, str], MetricSummary] = field(default_factory=dict)
     outputs: list[Row] = field(default_factory=list)
     datasets: dict[tuple[str, str], Row] = field(default_factory=dict)
@@ -337,14 +353,6 @@ class Changes:
         if one.metric_points:
             self.metric_points.absorb(one.metric_points)
             one.metric_points.clear()
-        if one.metric_summaries:
-            for series, summary in one.metric_summaries.items():
-                mine = self.metric_summaries.get(series)
-                if mine is None:
-                    self.metric_summaries[series] = summary
-                else:
-                    mine.merge(summary)
-            one.metric_summaries.clear()
         # An explicit `*.created` row replaces an implied one; an implied one never replaces.
         for named, theirs in ((self.datasets, one.datasets), (self.models, one.models)):
             if theirs:
@@ -466,6 +474,8 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
             continue
         state.absorb(overlay)
         changes.absorb(scratch)
+    for series, points in changes.metric_points.items():
+        changes.metric_summaries[series] = points.summary()
     return changes
 
 
@@ -735,39 +745,35 @@ def _run_params_logged(s: StoredEvent, state: State, ch: Changes) -> None:
 
 def _run_metrics_logged(s: StoredEvent, state: State, ch: Changes) -> None:
     e = s.event
-    run_id = e.subject_key
-    project_ = e.project
     position = s.position
-    series = ch.metric_points
-    summaries = ch.metric_summaries
     parse = datetime.fromisoformat
     # Points logged together share their timestamp text: parse each distinct one once.
     last_ts: str | None = None
-    last_at = e.occurred_at
+    default_us = last_us = micros(e.occurred_at)
     metrics = e.payload["metrics"]
+    by_key: dict[str, SeriesPoints] = {}
     for m in metrics:
         key = m["key"]
         value = float(m["value"])
         step = m.get("step", 0)
         ts = m.get("timestamp")
         if ts is None:
-            at = e.occurred_at
+            us = default_us
         elif ts == last_ts:
-            at = last_at
+            us = last_us
         else:
-            at = last_at = parse(ts)
+            us = last_us = micros(parse(ts))
             last_ts = ts
-        skey = (project_, run_id, key)
-        points = series.get(skey)
+        points = by_key.get(key)
         if points is None:
-            points = series[skey] = SeriesPoints()
-            summaries[skey] = MetricSummary(value, step, at, position, value, value, 1)
-        else:
-            summaries[skey].add(value, step, at, position)
+            points = by_key[key] = SeriesPoints()
         points.steps.append(step)
         points.values.append(value)
-        points.ats.append(at)
-        points.positions.append(position)
+        points.ats.append(us)
+    series = ch.metric_points
+    for key, points in by_key.items():
+        points.positions = [position] * len(points.steps)
+        series[(e.project, e.subject_key, key)] = points
     series.count += len(metrics)
 
 
