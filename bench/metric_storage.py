@@ -17,6 +17,11 @@ with the real `KafkaProjector` into a fresh database, VACUUMs, then reports:
   page of 1000 (metricHistory), every Nth point for 1000 points (metricHistory(every:)), 500
   buckets (metricBuckets); each beside the same answer from the baseline table.
 
+`--long-series N` adds one more series of N points (run `long`, key `loss`) after the storage
+figures, written through the projector's own chunk writer (`write_metric_points`, 100k points
+per transaction) but not through Kafka, so a 10M-point chart can be read without projecting 10M
+points first; the reads then use that series.
+
 Prints ONE JSON object on stdout; progress goes to stderr.
 
     .venv/bin/python bench/metric_storage.py [--runs N] [--points M] [--keys K]
@@ -55,8 +60,9 @@ from _common import (
     service_defaults,
 )
 from studbook_server.adapters import postgres
-from studbook_server.adapters.readmodels import CHUNK_POINTS
+from studbook_server.adapters.readmodels import CHUNK_POINTS, write_metric_points
 from studbook_server.config import Settings
+from studbook_server.domain.projection import MetricPoints, SeriesPoints, micros
 from studbook_server.graphql._loaders import Loaders
 from studbook_server.projector import KafkaProjector
 
@@ -183,6 +189,42 @@ async def project_kafka(args: argparse.Namespace, url: str, docs: list[dict[str,
     return elapsed
 
 
+async def write_long_series(con: asyncpg.Connection, points: int, seed: int) -> None:
+    """One series of `points` points through `write_metric_points`, 100k per transaction."""
+    rng = random.Random(seed)
+    t0 = micros(T0)
+    step = 0
+    log(f"writing a series of {points} points through the chunk writer")
+    while step < points:
+        batch = MetricPoints()
+        sp = SeriesPoints()
+        end = min(points, step + 100_000)
+        sp.steps = list(range(step, end))
+        sp.values = [1 / (1 + s * 1e-6) + rng.gauss(0, 0.01) for s in sp.steps]
+        sp.ats = [t0 + 37_000 * s for s in sp.steps]
+        # As if logged 1000 points per event, one store position each.
+        sp.positions = [10_000_000 + s // 1000 for s in sp.steps]
+        batch[(PROJECT, "long", "loss")] = sp
+        batch.count = len(sp.steps)
+        async with con.transaction():
+            await con.execute("SET LOCAL search_path = rm, public")
+            await write_metric_points(con, batch)
+            summary = sp.summary()
+            await con.execute(
+                """INSERT INTO rm.run_metrics AS t (project, run_id, key, value, step, at,
+                       position, min_value, max_value, points)
+                   VALUES ($1, 'long', 'loss', $2, $3, $4, $5, $6, $7, $8)
+                   ON CONFLICT (project, run_id, key) DO UPDATE SET value = EXCLUDED.value,
+                       step = EXCLUDED.step, at = EXCLUDED.at, position = EXCLUDED.position,
+                       min_value = LEAST(t.min_value, EXCLUDED.min_value),
+                       max_value = GREATEST(t.max_value, EXCLUDED.max_value),
+                       points = t.points + EXCLUDED.points""",
+                PROJECT, summary.value, summary.step, summary.at, summary.position,
+                summary.min_value, summary.max_value, summary.points,
+            )  # fmt: skip
+        step = end
+
+
 async def timed(repeat: int, call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     """Median milliseconds of `repeat` calls (after one warm-up), and the last answer."""
     answer = await call()
@@ -252,6 +294,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 " FROM rm.metric_chunks WHERE n = $1", CHUNK_POINTS,
             )  # fmt: skip
             compression = await payload_compression(con)
+            if args.long_series:
+                await write_long_series(con, args.long_series, args.seed)
+                await con.execute("DROP SCHEMA baseline CASCADE")
+                await con.execute(_BASELINE)
+                await con.execute("VACUUM ANALYZE")
             compression_column = await con.fetchval(
                 "SELECT attcompression FROM pg_attribute"
                 " WHERE attrelid = 'rm.metric_chunks'::regclass AND attname = 'vals'"
@@ -263,16 +310,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             read_models = size["chunks"] + size["summary"]
             baseline_read_models = size["baseline_points"] + size["summary"]
 
-            # The longest series: run-0's first key.
+            # The longest series (run-0's first key, or the long series).
             row = await con.fetchrow(
-                "SELECT s.key, sum(c.n)::int8 AS n, max(c.step_max) AS top FROM rm.metric_series s"
-                " JOIN rm.metric_chunks c ON c.series_id = s.id WHERE s.run_id = 'run-0'"
-                " GROUP BY s.key ORDER BY n DESC, s.key LIMIT 1"
+                "SELECT s.run_id, s.key, sum(c.n)::int8 AS n, max(c.step_max) AS top"
+                " FROM rm.metric_series s JOIN rm.metric_chunks c ON c.series_id = s.id"
+                " GROUP BY s.id ORDER BY n DESC, s.id LIMIT 1"
             )
             key, n, top = row["key"], row["n"], row["top"]
             middle = top // 2
             every = max(1, n // PAGE)
-            base = (PROJECT, "run-0", key)
+            base = (PROJECT, row["run_id"], key)
 
             def history(after: tuple[int, int] | None, every: int = 1) -> Any:
                 lk = (*base, None, None, after and after[0], after and after[1], PAGE + 1, every)
@@ -332,6 +379,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     "keys": args.keys,
                     "points_per_event": args.points_per_event,
                     "points": total,
+                    "long_series": args.long_series,
                     "events": len(docs),
                     "longest_series_points": n,
                     "every": every,
@@ -387,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points-per-event", type=int, default=500, help="(default 500)")
     p.add_argument("--repeat", type=int, default=7, help="timed reads per query (median)")
     p.add_argument("--seed", type=int, default=20260301)
+    p.add_argument(
+        "--long-series", type=int, default=0, help="points of one more series, for the reads"
+    )
     add_service_args(p, timeout=1800, timeout_help="projection time limit, s (default 1800)")
     args = parse_with_tiny(p, TINY, argv)
     service_defaults(args)
