@@ -139,8 +139,9 @@ CROSS JOIN LATERAL (
            min(lo) + (bucket + 1) * min(width) - 1 AS step_to,
            min(first_step) AS first_step, max(last_step) AS last_step,
            min(value_min) AS value_min, max(value_max) AS value_max,
-           (array_agg(last_value ORDER BY last_step DESC, last_position DESC, last_ordinal DESC))[1]
-             AS last_value,
+           -- The latest part's value: arrays compare element by element (no sort needed);
+           -- steps, positions and ordinals stay exact in float8 below 2^53.
+           (max(ARRAY[last_step, last_position, last_ordinal, last_value]))[4] AS last_value,
            sum(n)::int8 AS n
     FROM parts GROUP BY bucket
 ) b
