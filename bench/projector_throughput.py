@@ -9,7 +9,8 @@ separately:
 
 Each measurement uses a fresh database (created from the admin URL, migrated, dropped afterwards)
 and a fresh consumer group. Side by side it times PostgreSQL's own cost for the same metric rows:
-`copy_records_to_table` into a plain table with the columns and index of rm.run_metric_points.
+`copy_records_to_table` into a plain table with the columns and index of the one-row-per-point
+layout the read models had before metric chunks (rm.run_metric_points, until migration 0010).
 Every measurement is repeated `--repeat` times; the report gives medians.
 
 Prints ONE JSON object on stdout; progress goes to stderr. When a target is missed (or with
@@ -307,7 +308,7 @@ def check_valid(stream: Stream, per_type: int = 25) -> None:
 
 
 def point_rows(stream: Stream) -> list[Row]:
-    """The rm.run_metric_points rows the projector derives from `stream` (for the COPY baseline)."""
+    """The one-row-per-point rows (the layout before chunks) the projector derives from `stream` (for the COPY baseline)."""
     rows: list[Row] = []
     for position, (_key, raw) in enumerate(stream.records, start=1):
         doc = orjson.loads(raw)
@@ -456,7 +457,7 @@ async def _verify(con: asyncpg.Connection, stream: Stream, total: int) -> list[s
     if dead:
         problems.append(f"{dead} dead letters")
     if stream.metric_points:
-        points = await con.fetchval("SELECT count(*) FROM rm.run_metric_points")
+        points = await con.fetchval("SELECT coalesce(sum(n), 0) FROM rm.metric_chunks")
         if points != stream.metric_points:
             problems.append(f"{points} metric points, expected {stream.metric_points}")
     for p in problems:
@@ -479,7 +480,7 @@ class CopyRun:
 
 
 async def copy_baseline(admin_url: str, rows: list[Row], chunk: int) -> CopyRun:
-    """COPY the metric rows into a plain table shaped like rm.run_metric_points (same index),
+    """COPY the metric rows into a plain table shaped like the old rm.run_metric_points (same index),
     one transaction per `chunk` rows (the most one projector batch can carry)."""
     async with fresh_database(admin_url, DATABASE_PREFIX, migrate=False) as url:
         con = await asyncpg.connect(url)

@@ -13,10 +13,10 @@ URL, migrated, dropped afterwards) and a fresh topic (4 partitions, deleted afte
 
 The clock starts at the client's first `log_metric` (the client reports it; CLOCK_MONOTONIC is
 system-wide on Linux) and stops when the read models hold every point. The poll reads
-`sum(points)` of `rm.run_metrics` (written in the same transaction as the rows of
-`rm.run_metric_points`, so it reaches N at the same commit) because a `count(*)` over a growing
+`sum(points)` of `rm.run_metrics` (written in the same transaction as the chunks of
+`rm.metric_chunks`, so it reaches N at the same commit) because a sum over a growing
 table every 20 ms would take CPU from the pipeline on a small machine; once it is there,
-`SELECT count(*) FROM rm.run_metric_points` must equal N, and there must be no dead letters.
+`SELECT sum(n) FROM rm.metric_chunks` must equal N, and there must be no dead letters.
 
 Also reported: the client's own rate until `flush` returned (SDK side), its peak RSS (VmHWM)
 above a bare `python -c 'import studbook'`, and the CPU seconds of every process in the timed
@@ -294,7 +294,7 @@ async def wait_points(con: asyncpg.Connection, total: int) -> tuple[float, float
 
 
 async def verify(con: asyncpg.Connection, total: int) -> dict[str, Any]:
-    points = await con.fetchval("SELECT count(*) FROM rm.run_metric_points")
+    points = await con.fetchval("SELECT coalesce(sum(n), 0) FROM rm.metric_chunks")
     dead = await con.fetchval("SELECT count(*) FROM public.dead_letters")
     metric_events = await con.fetchval(
         "SELECT count(*) FROM public.events WHERE type = 'run.metrics.logged'"
@@ -305,7 +305,7 @@ async def verify(con: asyncpg.Connection, total: int) -> dict[str, Any]:
     )
     problems = []
     if points != total:
-        problems.append(f"rm.run_metric_points holds {points} rows, expected {total}")
+        problems.append(f"rm.metric_chunks holds {points} points, expected {total}")
     if dead:
         problems.append(f"{dead} dead letters")
     for p in problems:

@@ -740,7 +740,8 @@ async def check_exact(
         projected = await con.fetchval("SELECT position FROM checkpoint")
         assert projected == n, f"the read models are at position {projected} of {n}"
         p, p_distinct = await con.fetchrow(
-            "SELECT count(*), count(DISTINCT (run_id, key, step)) FROM run_metric_points"
+            "SELECT count(*), count(DISTINCT (s.run_id, s.key, u.step)) FROM "
+            "metric_series s JOIN metric_chunks c ON c.series_id = s.id, unnest(c.steps) AS u(step)"
         )
         assert (p, p_distinct) == (points, points), (
             f"{p} metric points ({p_distinct} distinct) stored, {points} sent"

@@ -222,6 +222,9 @@ async def project_all(settings: Settings, total: int, projectors: int = 1) -> li
 # events themselves. Dropped when comparing read models built in different databases.
 ARRIVAL_COLUMNS = frozenset(
     {"recorded_at", "recorded_from", "recorded_to", "position", "created_position", "part"}
+    # rm.metric_chunks: the store positions of a chunk's points; a series' id follows the store
+    # order of its first point (rm.metric_series.id, rm.metric_chunks.series_id)
+    | {"positions", "position_min", "position_max", "id", "series_id"}
 )
 
 

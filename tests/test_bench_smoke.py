@@ -142,6 +142,7 @@ async def ran(
         log_metric,
         footprint,
         freshness,
+        storage,
         (graph, queries, search),
     ) = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
@@ -151,6 +152,7 @@ async def ran(
         _run([PYTHON, "bench/sdk_log_metric.py", "--tiny"], env),
         _run([PYTHON, "bench/embedded_footprint.py", "--tiny"], env),
         _run([PYTHON, "bench/freshness.py", "--tiny"], env),
+        _run([PYTHON, "bench/metric_storage.py", "--tiny"], env),
         _graph_then_queries(graph_database, search_database, env),
     )
     runs = {
@@ -163,6 +165,7 @@ async def ran(
         "lineage_graph.py": graph,
         "graphql_queries.py": queries,
         "graphql_queries.py --scenario search": search,
+        "metric_storage.py": storage,
     }
     each = ", ".join(f"{name} {r.seconds:.1f} s" for name, r in runs.items())
     print(
@@ -467,3 +470,23 @@ def test_bench_imports_only_what_the_venv_extras_install(script: str) -> None:
                 f"{'/'.join(EXTRAS)} extras of pyproject.toml"
             )
     assert not problems, f"bench/{script}: " + "; ".join(problems)
+
+
+def test_metric_storage(ran: dict[str, Ran]) -> None:
+    report = ran["metric_storage.py"].report()
+    assert report["verified"] is True
+    assert report["workload"]["points"] == 2 * 6000
+    _positive(
+        report,
+        "projection.points_per_s",
+        "bytes_per_point.read_models",
+        "bytes_per_point.event_store",
+        "bytes_per_point.baseline_read_models",
+        "bytes_per_point.ratio_baseline_to_chunks_read_models",
+        "sealed_chunk_array_bytes_per_point.vals",
+        "event_payload_bytes_per_point_by_compression.pglz",
+    )
+    # Chunks take less room than one row per point, even at this size.
+    assert report["bytes_per_point"]["ratio_baseline_to_chunks_read_models"] > 1
+    for read in ("first_page", "middle_page", "every_nth", "buckets_500"):
+        _positive(report["history_reads"][read], "chunks_ms", "baseline_ms", "rows")

@@ -591,7 +591,8 @@ async def test_sdk_sigkill_with_a_spool_loses_nothing_it_flushed(
         steps = [
             r[0]
             for r in await con.fetch(
-                "SELECT step FROM run_metric_points WHERE run_id = $1 AND key = 'loss' ORDER BY step",
+                "SELECT u.step FROM metric_series s JOIN metric_chunks c ON c.series_id = s.id, unnest(c.steps) AS u(step)"
+                " WHERE s.run_id = $1 AND s.key = 'loss' ORDER BY u.step",
                 run_id,
             )
         ]

@@ -396,7 +396,8 @@ async def _check_store(url: str, stream: Stream, group: str, topic: str, context
         assert await con.fetchval("SELECT position FROM checkpoint") == n
 
         points, distinct_points = await con.fetchrow(
-            "SELECT count(*), count(DISTINCT (run_id, key, step)) FROM run_metric_points"
+            "SELECT count(*), count(DISTINCT (s.run_id, s.key, u.step)) FROM "
+            "metric_series s JOIN metric_chunks c ON c.series_id = s.id, unnest(c.steps) AS u(step)"
         )
         assert (points, distinct_points) == (stream.total_points, stream.total_points), (
             f"{points} metric points ({distinct_points} distinct) stored, "

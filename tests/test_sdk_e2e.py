@@ -32,6 +32,12 @@ from tests.support import migrated
 Factory = Callable[..., Coroutine[Any, Any, str]]
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = Path(sys.executable).with_name("studbook-server")
+# A run's stored metric points (rm.metric_chunks holds them in arrays, per series).
+POINTS_OF_RUN = """SELECT coalesce(sum(c.n), 0) FROM metric_series s
+                   JOIN metric_chunks c ON c.series_id = s.id WHERE s.run_id = $1"""
+DISTINCT_POINTS_OF_RUN = """SELECT count(DISTINCT (s.key, u.step)) FROM metric_series s
+                            JOIN metric_chunks c ON c.series_id = s.id,
+                            unnest(c.steps) AS u(step) WHERE s.run_id = $1"""
 
 
 def _free_port() -> int:
@@ -252,14 +258,10 @@ async def test_killing_the_gateway_mid_run_loses_and_duplicates_nothing(
     result = await client
     run_id = result["run"]
     await _wait_for(stack.url, "SELECT status FROM runs WHERE run_id = $1", "completed", run_id)
-    await _wait_for(
-        stack.url, "SELECT count(*) FROM run_metric_points WHERE run_id = $1", steps * keys, run_id
-    )
+    await _wait_for(stack.url, POINTS_OF_RUN, steps * keys, run_id)
     con = await postgres.connect(stack.url)
     try:
-        distinct = await con.fetchval(
-            "SELECT count(DISTINCT (key, step)) FROM run_metric_points WHERE run_id = $1", run_id
-        )
+        distinct = await con.fetchval(DISTINCT_POINTS_OF_RUN, run_id)
         assert distinct == steps * keys
         # Stored exactly once: no event id twice, every event of the run present.
         assert await con.fetchval("SELECT count(*) = count(DISTINCT event_id) FROM public.events")
@@ -288,7 +290,7 @@ async def test_a_token_revoked_mid_run_holds_events_until_a_new_token_loses_noth
     stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keys = 4
-    points = "SELECT count(*) FROM run_metric_points WHERE run_id = $1"
+    points = POINTS_OF_RUN
     spool = tmp_path / "spool"
     monkeypatch.setattr(_client, "_token_warned", False)  # this test plays one training process
     con = await postgres.connect(stack.url)
@@ -329,7 +331,7 @@ async def test_a_token_revoked_mid_run_holds_events_until_a_new_token_loses_noth
 
         await _wait_for(stack.url, "SELECT status FROM runs WHERE run_id = $1", "completed", run.id)
         await _wait_for(stack.url, points, 600 * keys, run.id)
-        distinct = "SELECT count(DISTINCT (key, step)) FROM run_metric_points WHERE run_id = $1"
+        distinct = DISTINCT_POINTS_OF_RUN
         assert await con.fetchval(distinct, run.id) == 600 * keys
         per_key = await con.fetch("SELECT key, points FROM run_metrics WHERE run_id = $1", run.id)
         assert sorted((r["key"], r["points"]) for r in per_key) == [

@@ -93,7 +93,7 @@ async def test_scenario_produces_expected_read_models(
         tags = await con.fetch("SELECT run_id, key, value FROM run_tags")
         assert [tuple(t) for t in tags] == [("run-1", "team", "growth")]
 
-        assert await con.fetchval("SELECT count(*) FROM run_metric_points") == 15
+        assert await con.fetchval("SELECT sum(n) FROM metric_chunks") == 15
         m = await con.fetchrow("SELECT * FROM run_metrics WHERE run_id = 'run-1' AND key = 'loss'")
         assert (m["step"], m["value"], m["min_value"], m["max_value"], m["points"]) == (
             9, 0.1, 0.1, 1.0, 10

@@ -2,12 +2,17 @@
 
 Every statement here names read-model tables without a schema: connections set
 `search_path = rm, public` (or `rm_new, public` during a rebuild), so the same code fills either.
-One statement per table per batch: COPY for metric points, array-unnest or executemany for the rest.
+One statement per table per batch: COPY for metric chunks, array-unnest or executemany for the rest.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import struct
+import sys
+from array import array
+from bisect import bisect_right
 from typing import Any
 
 import orjson
@@ -24,9 +29,11 @@ from studbook_server.domain.contract import encode_event
 from studbook_server.domain.projection import (
     Assignment,
     Changes,
+    MetricPoints,
     State,
     StateKeys,
     StoredEvent,
+    micros,
     project,
     state_keys,
 )
@@ -273,6 +280,210 @@ ON CONFLICT (position) WHERE position IS NOT NULL DO NOTHING
 """
 
 
+# ---------------------------------------------------------------------------- metric chunks
+
+# Points per sealed chunk (schema/sql/0010_metric_chunks.sql converts existing points with the
+# same number). Big enough that the arrays are compressed and the row overhead (~100 bytes with
+# its index entries) is a fraction of a byte per point; small enough that sealing a tail reads
+# back little. bench/metric_storage.py measures the choice.
+CHUNK_POINTS = 1024
+
+# Each series' id and how many points it has so far (its ordinals go on from there), and the
+# highest id, for the series this batch starts.
+_SERIES = """
+SELECT k.i, s.id, coalesce(m.points, 0), (SELECT coalesce(max(id), 0) FROM metric_series)
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(project, run_id, key, i)
+LEFT JOIN metric_series s ON s.project = k.project AND s.run_id = k.run_id AND s.key = k.key
+LEFT JOIN run_metrics m ON m.project = k.project AND m.run_id = k.run_id AND m.key = k.key
+"""
+
+_NEW_SERIES = """
+INSERT INTO metric_series (id, project, run_id, key)
+SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])
+"""
+
+# The tail rows of the series this batch seals: read back and replaced by a sealed chunk.
+_TAKE_TAILS = """
+DELETE FROM metric_chunks c USING unnest($1::int8[], $2::int8[]) AS k(id, seq)
+WHERE c.series_id = k.id AND c.seq >= k.seq
+RETURNING c.series_id, c.seq, c.steps, c.vals, c.ats, c.positions
+"""
+
+_CHUNK_COLUMNS = [
+    "series_id", "seq", "n", "step_min", "step_max", "value_min", "value_max", "last_value",
+    "position_min", "position_max", "steps", "vals", "ats", "positions",
+]  # fmt: skip
+
+Chunk = tuple[int, int, list[int], list[float], list[int], list[int]]
+
+
+def _chunk(
+    series_id: int, seq: int, steps: list[int], values: list[float], ats: list[int],
+    positions: list[int],
+) -> tuple[Any, ...]:  # fmt: skip
+    """One rm.metric_chunks row (times in microseconds since the Unix epoch). Positions never
+    decrease along a series, so the latest point (by step, then position, then order) is the
+    last one holding the highest step."""
+    top = max(steps)
+    last = len(steps) - 1 if steps[-1] == top else len(steps) - 1 - steps[::-1].index(top)
+    return (
+        series_id, seq, len(steps), min(steps), top, min(values), max(values), values[last],
+        positions[0], positions[-1], steps, values, ats, positions,
+    )  # fmt: skip
+
+
+def cut_chunks(
+    series_id: int,
+    first: int,
+    steps: list[int],
+    values: list[float],
+    ats: list[int],
+    positions: list[int],
+    size: int = CHUNK_POINTS,
+) -> list[tuple[Any, ...]]:
+    """The chunk rows of a series' points from ordinal ``first`` on, when the points before
+    ``first`` are sealed or are tail rows of earlier events: full chunks at multiples of
+    ``size``, and the rest one tail row per event (store position)."""
+    rows: list[tuple[Any, ...]] = []
+    n = len(steps)
+    i = 0
+    ordinal = first
+    if first % size == 0:
+        while n - i >= size:
+            j = i + size
+            rows.append(
+                _chunk(series_id, ordinal, steps[i:j], values[i:j], ats[i:j], positions[i:j])
+            )
+            i, ordinal = j, ordinal + size
+    # The tail: one row per event, never across a multiple of `size` (whose points are sealed).
+    while i < n:
+        j = bisect_right(positions, positions[i], i, n)
+        rows.append(_chunk(series_id, ordinal, steps[i:j], values[i:j], ats[i:j], positions[i:j]))
+        ordinal += j - i
+        i = j
+    return rows
+
+
+# Binary COPY, built here: asyncpg's generic encoder checks every array element's type, which
+# cost more than everything else in a metric batch. See
+# https://www.postgresql.org/docs/current/sql-copy.html (binary format) and array_send.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_ROW_HEAD = struct.Struct(">h" + "iq" * 2 + "ii" + "iq" * 2 + "id" * 3 + "iq" * 2)
+_ARRAY_HEAD = struct.Struct(">iiiiii")
+_INT8, _FLOAT8, _TIMESTAMPTZ = 20, 701, 1184
+# timestamptz on the wire: microseconds since 2000-01-01 UTC.
+_PG_EPOCH_US = 946_684_800_000_000
+_SWAP = sys.byteorder == "little"
+
+
+def _array(oid: int, typecode: str, items: list[int] | list[float]) -> bytes:
+    """A one-dimensional array without nulls of 8-byte elements, as `array_send` writes it."""
+    n = len(items)
+    raw = array(typecode, items)
+    if _SWAP:
+        raw.byteswap()
+    data = raw.tobytes()
+    out = bytearray(12 * n)
+    out[3::12] = b"\x08" * n  # each element's length, 8, as a big-endian int32
+    for k in range(8):
+        out[4 + k :: 12] = data[k::8]
+    return _ARRAY_HEAD.pack(20 + 12 * n, 1, 0, oid, n, 1) + out
+
+
+def _copy_data(rows: list[tuple[Any, ...]]) -> bytes:
+    parts = [_COPY_HEADER]
+    for r in rows:
+        head = _ROW_HEAD.pack(
+            14, 8, r[0], 8, r[1], 4, r[2], 8, r[3], 8, r[4], 8, r[5], 8, r[6], 8, r[7],
+            8, r[8], 8, r[9],
+        )  # fmt: skip
+        parts.append(head)
+        parts.append(_array(_INT8, "q", r[10]))
+        parts.append(_array(_FLOAT8, "d", r[11]))
+        parts.append(_array(_TIMESTAMPTZ, "q", [us - _PG_EPOCH_US for us in r[12]]))
+        parts.append(_array(_INT8, "q", r[13]))
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+async def write_metric_points(con: Connection, points: MetricPoints) -> None:
+    """Append a batch's points to rm.metric_chunks (see schema/sql/0010_metric_chunks.sql).
+
+    The layout depends only on each series' points in logged order: a series whose tail reaches
+    a full chunk in this batch has its tail rows read back, deleted and written sealed; every
+    other new point goes into a tail row of its event. Nothing compressed is ever rewritten.
+    Runs before the rm.run_metrics upsert, whose `points` say where each series stands.
+    """
+    keys = list(points)
+    p, r, k = (list(c) for c in zip(*keys, strict=True))
+    found = await con.fetch(_SERIES, p, r, k)
+    found.sort(key=lambda row: row[0])
+    top = found[0][3] if found else 0
+    new_ids: list[int] = []
+    ids: list[int] = []
+    totals: list[int] = []
+    for row in found:
+        sid = row[1]
+        if sid is None:
+            top += 1
+            sid = top
+            new_ids.append(len(ids))
+        ids.append(sid)
+        totals.append(row[2])
+    if new_ids:
+        await con.execute(
+            _NEW_SERIES,
+            [ids[i] for i in new_ids], [p[i] for i in new_ids], [r[i] for i in new_ids],
+            [k[i] for i in new_ids],
+        )  # fmt: skip
+    size = CHUNK_POINTS
+    sealing: list[int] = []  # indexes of series whose tail this batch seals
+    for i, key in enumerate(keys):
+        total = totals[i]
+        tail_start = total // size * size
+        if total > tail_start and total + len(points[key].steps) >= tail_start + size:
+            sealing.append(i)
+    tails: dict[int, list[Any]] = {}
+    if sealing:
+        taken = await con.fetch(
+            _TAKE_TAILS,
+            [ids[i] for i in sealing],
+            [totals[i] // size * size for i in sealing],
+        )
+        for row in sorted(taken, key=lambda t: (t[0], t[1])):
+            tails.setdefault(row[0], []).append(row)
+    records: list[tuple[Any, ...]] = []
+    for i, key in enumerate(keys):
+        sp = points[key]
+        sid, total = ids[i], totals[i]
+        old = tails.get(sid)
+        if old:
+            steps: list[int] = []
+            values: list[float] = []
+            ats: list[int] = []
+            positions: list[int] = []
+            for row in old:
+                steps.extend(row[2])
+                values.extend(row[3])
+                ats.extend([micros(at) for at in row[4]])
+                positions.extend(row[5])
+            first = old[0][1]
+            records += cut_chunks(
+                sid, first, steps + sp.steps, values + sp.values, ats + sp.ats,
+                positions + sp.positions, size,
+            )  # fmt: skip
+        else:
+            records += cut_chunks(sid, total, sp.steps, sp.values, sp.ats, sp.positions, size)
+    await con.copy_to_table(
+        "metric_chunks",
+        source=io.BytesIO(_copy_data(records)),  # bytes would be read as a file name
+        columns=_CHUNK_COLUMNS,
+        schema_name=await _schema(con),
+        format="binary",
+    )
+
+
 def _columns(rows: list[tuple[Any, ...]], n: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
 
@@ -305,12 +516,7 @@ async def write_changes(con: Connection, ch: Changes) -> None:
     if ch.tags_set:
         await con.execute(_TAGS_SET, *_columns(list(ch.tags_set.values()), 4))
     if ch.metric_points:
-        await con.copy_records_to_table(
-            "run_metric_points",
-            records=ch.metric_points,
-            columns=["project", "run_id", "key", "step", "value", "at", "position"],
-            schema_name=await _schema(con),
-        )
+        await write_metric_points(con, ch.metric_points)
     if ch.metric_summaries:
         rows = [
             (*k, m.value, m.step, m.at, m.position, m.min_value, m.max_value, m.points)

@@ -15,7 +15,7 @@ import hashlib
 from collections import ChainMap
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from studbook_server.domain.contract import Event
@@ -179,6 +179,86 @@ class State:
 # ------------------------------------------------------------------------------------ output
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(at: datetime) -> int:
+    """Microseconds since the Unix epoch (exact, unlike ``timestamp()``)."""
+    return (at - EPOCH) // _MICROSECOND
+
+
+def from_micros(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(slots=True)
+class SeriesPoints:
+    """One series' points in a batch, in the order they were logged (columns, not rows: the
+    writer cuts them into chunks of rm.metric_chunks without touching each point again).
+    Times are microseconds since the Unix epoch."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    ats: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    def summary(self) -> MetricSummary:
+        """The latest point by (step, time, position), later logged on ties; min, max, count."""
+        steps = self.steps
+        top = max(steps)
+        if steps.count(top) == 1:
+            i = steps.index(top)
+        else:
+            ats, positions = self.ats, self.positions
+            i = max(
+                (j for j, step in enumerate(steps) if step == top),
+                key=lambda j: (ats[j], positions[j], j),
+            )
+        values = self.values
+        return MetricSummary(
+            values[i], top, from_micros(self.ats[i]), self.positions[i], min(values),
+            max(values), len(values),
+        )  # fmt: skip
+
+    def extend(self, other: SeriesPoints) -> None:
+        self.steps.extend(other.steps)
+        self.values.extend(other.values)
+        self.ats.extend(other.ats)
+        self.positions.extend(other.positions)
+
+
+class MetricPoints(dict[tuple[str, str, str], SeriesPoints]):
+    """A batch's metric points by series (project, run, key), series in order of their first
+    point; ``len`` is the number of points."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        # Any series, even of a rule that failed before counting its points (then discarded).
+        return dict.__len__(self) > 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.count = 0
+
+    def absorb(self, other: MetricPoints) -> None:
+        for series, points in other.items():
+            mine = self.get(series)
+            if mine is None:
+                self[series] = points
+            else:
+                mine.extend(points)
+        self.count += other.count
+
+
 @dataclass(slots=True)
 class MetricSummary:
     """The batch's contribution to one (run, key) row of rm.run_metrics."""
@@ -190,23 +270,6 @@ class MetricSummary:
     min_value: float
     max_value: float
     points: int
-
-    def add(self, value: float, step: int, at: datetime, position: int) -> None:
-        if (step, at, position) >= (self.step, self.at, self.position):
-            self.value, self.step, self.at, self.position = value, step, at, position
-        self.min_value = min(self.min_value, value)
-        self.max_value = max(self.max_value, value)
-        self.points += 1
-
-    def merge(self, other: MetricSummary) -> None:
-        """Fold in a later event's summary of the same series."""
-        if (other.step, other.at, other.position) >= (self.step, self.at, self.position):
-            self.value, self.step, self.at, self.position = (
-                other.value, other.step, other.at, other.position
-            )  # fmt: skip
-        self.min_value = min(self.min_value, other.min_value)
-        self.max_value = max(self.max_value, other.max_value)
-        self.points += other.points
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +294,8 @@ class Changes:
     params: dict[tuple[str, str, str], Row] = field(default_factory=dict)
     tags_set: dict[tuple[str, str, str], Row] = field(default_factory=dict)
     tags_removed: set[tuple[str, str, str]] = field(default_factory=set)
-    metric_points: list[Row] = field(default_factory=list)
+    metric_points: MetricPoints = field(default_factory=MetricPoints)
+    # Filled from metric_points at the end of `project`.
     metric_summaries: dict[tuple[str, str, str], MetricSummary] = field(default_factory=dict)
     outputs: list[Row] = field(default_factory=list)
     datasets: dict[tuple[str, str], Row] = field(default_factory=dict)
@@ -291,14 +355,9 @@ class Changes:
                 self.tags_removed.discard(tag)
                 self.tags_set[tag] = row
             one.tags_set.clear()
-        if one.metric_summaries:
-            for series, summary in one.metric_summaries.items():
-                mine = self.metric_summaries.get(series)
-                if mine is None:
-                    self.metric_summaries[series] = summary
-                else:
-                    mine.merge(summary)
-            one.metric_summaries.clear()
+        if one.metric_points:
+            self.metric_points.absorb(one.metric_points)
+            one.metric_points.clear()
         # An explicit `*.created` row replaces an implied one; an implied one never replaces.
         for named, theirs in ((self.datasets, one.datasets), (self.models, one.models)):
             if theirs:
@@ -328,14 +387,15 @@ class Changes:
 
 
 _APPENDED = (
-    "runs_started", "runs_finished", "metric_points", "outputs", "dataset_versions",
+    "runs_started", "runs_finished", "outputs", "dataset_versions",
     "dataset_versions_reported", "dataset_versions_filled",
     "model_versions", "approvals", "annotations", "redactions", "rejected",
 )  # fmt: skip
 
 
 _ALL_FIELDS = (
-    *_APPENDED, "projects", "params", "tags_set", "tags_removed", "metric_summaries", "datasets",
+    *_APPENDED, "projects", "params", "tags_set", "tags_removed", "metric_points",
+    "metric_summaries", "datasets",
     "models", "assignments_new", "assignments_closed", "edges", "facets",
 )  # fmt: skip
 
@@ -422,6 +482,8 @@ def project(events: Iterable[StoredEvent], state: State) -> Changes:
             continue
         state.absorb(overlay)
         changes.absorb(scratch)
+    for series, points in changes.metric_points.items():
+        changes.metric_summaries[series] = points.summary()
     return changes
 
 
@@ -691,32 +753,36 @@ def _run_params_logged(s: StoredEvent, state: State, ch: Changes) -> None:
 
 def _run_metrics_logged(s: StoredEvent, state: State, ch: Changes) -> None:
     e = s.event
-    run_id = e.subject_key
-    points = ch.metric_points
-    summaries = ch.metric_summaries
+    position = s.position
     parse = datetime.fromisoformat
     # Points logged together share their timestamp text: parse each distinct one once.
     last_ts: str | None = None
-    last_at = e.occurred_at
-    for m in e.payload["metrics"]:
+    default_us = last_us = micros(e.occurred_at)
+    metrics = e.payload["metrics"]
+    by_key: dict[str, SeriesPoints] = {}
+    for m in metrics:
         key = m["key"]
         value = float(m["value"])
         step = m.get("step", 0)
         ts = m.get("timestamp")
         if ts is None:
-            at = e.occurred_at
+            us = default_us
         elif ts == last_ts:
-            at = last_at
+            us = last_us
         else:
-            at = last_at = parse(ts)
+            us = last_us = micros(parse(ts))
             last_ts = ts
-        points.append((e.project, run_id, key, step, value, at, s.position))
-        skey = (e.project, run_id, key)
-        summary = summaries.get(skey)
-        if summary is None:
-            summaries[skey] = MetricSummary(value, step, at, s.position, value, value, 1)
-        else:
-            summary.add(value, step, at, s.position)
+        points = by_key.get(key)
+        if points is None:
+            points = by_key[key] = SeriesPoints()
+        points.steps.append(step)
+        points.values.append(value)
+        points.ats.append(us)
+    series = ch.metric_points
+    for key, points in by_key.items():
+        points.positions = [position] * len(points.steps)
+        series[(e.project, e.subject_key, key)] = points
+    series.count += len(metrics)
 
 
 def _run_tags_set(s: StoredEvent, state: State, ch: Changes) -> None:

@@ -60,19 +60,92 @@ JOIN rm.run_metrics m ON m.project = k.project AND m.run_id = k.run_id
 ORDER BY k.i, m.key
 """
 
+# A page of one series by (step, position), read from rm.metric_chunks. Chunk metadata (no
+# arrays) bounds what is unpacked: taking chunks by lowest step, the first ones that surely hold
+# `lim` matching points (a chunk counts only when all its points match) end at step `bound`, and
+# no chunk starting past `bound` can hold a point of the page. `every` keeps every Nth point by
+# logged order (ordinal = seq + index), and counts a whole chunk as its multiples of N.
 METRIC_HISTORY = """
-SELECT k.i, p.key, p.step, p.value, p.at, p.position
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int[])
-     WITH ORDINALITY AS k(project, run_id, key, step_from, step_to, after_step, after_position, lim, i)
+SELECT k.i, k.key, p.step, p.value, p.at, p.position
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+            $8::int[], $9::int8[])
+     WITH ORDINALITY AS k(project, run_id, key, step_from, step_to, after_step, after_position,
+                          lim, every, i)
+JOIN rm.metric_series s ON s.project = k.project AND s.run_id = k.run_id AND s.key = k.key
 CROSS JOIN LATERAL (
-    SELECT p.key, p.step, p.value, p.at, p.position FROM rm.run_metric_points p
-    WHERE p.project = k.project AND p.run_id = k.run_id AND p.key = k.key
-      AND (k.step_from IS NULL OR p.step >= k.step_from)
-      AND (k.step_to IS NULL OR p.step <= k.step_to)
-      AND (k.after_step IS NULL OR (p.step, p.position) > (k.after_step, k.after_position))
-    ORDER BY p.step, p.position LIMIT k.lim
+    WITH cand AS (
+        SELECT c.seq, c.step_min,
+               max(c.step_max) OVER w AS reach,
+               sum(CASE WHEN c.step_min > coalesce(k.after_step, -1)
+                         AND c.step_min >= coalesce(k.step_from, 0)
+                         AND c.step_max <= coalesce(k.step_to, c.step_max)
+                        THEN div(c.seq + c.n - 1, k.every) - div(c.seq + k.every - 1, k.every) + 1
+                        ELSE 0 END) OVER w AS surely
+        FROM rm.metric_chunks c
+        WHERE c.series_id = s.id
+          AND c.step_max >= greatest(coalesce(k.step_from, 0), coalesce(k.after_step, 0))
+          AND (k.step_to IS NULL OR c.step_min <= k.step_to)
+        WINDOW w AS (ORDER BY c.step_min, c.seq)
+    ), bound AS (SELECT min(reach) AS reach FROM cand WHERE surely >= k.lim)
+    SELECT u.step, u.value, u.at, u.position
+    FROM cand JOIN rm.metric_chunks c ON c.series_id = s.id AND c.seq = cand.seq
+    CROSS JOIN LATERAL unnest(c.steps, c.vals, c.ats, c.positions)
+         WITH ORDINALITY AS u(step, value, at, position, o)
+    WHERE cand.step_min <= coalesce((SELECT reach FROM bound), cand.step_min)
+      AND (k.every = 1 OR (c.seq + u.o - 1) % k.every = 0)
+      AND (k.step_from IS NULL OR u.step >= k.step_from)
+      AND (k.step_to IS NULL OR u.step <= k.step_to)
+      AND (k.after_step IS NULL OR (u.step, u.position) > (k.after_step, k.after_position))
+    ORDER BY u.step, u.position, c.seq, u.o LIMIT k.lim
 ) p
 ORDER BY k.i, p.step, p.position
+"""
+
+# Min/max per step bucket for a chart: `buckets` equal step ranges between the bounds (default:
+# the series' own). A chunk that lies inside one bucket contributes its stored summary; only
+# chunks across a bucket edge (one per edge when steps rise) are unpacked.
+METRIC_BUCKETS = """
+SELECT k.i, b.*
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int[])
+     WITH ORDINALITY AS k(project, run_id, key, step_from, step_to, buckets, i)
+JOIN rm.metric_series s ON s.project = k.project AND s.run_id = k.run_id AND s.key = k.key
+CROSS JOIN LATERAL (
+    WITH span AS (
+        SELECT lo, hi, (hi - lo + k.buckets) / k.buckets AS width FROM (
+            SELECT coalesce(k.step_from, min(c.step_min)) AS lo,
+                   coalesce(k.step_to, max(c.step_max)) AS hi
+            FROM rm.metric_chunks c WHERE c.series_id = s.id) x
+        WHERE lo <= hi
+    ), cand AS (
+        SELECT c.*, span.lo, span.width,
+               c.step_min >= span.lo AND c.step_max <= span.hi
+               AND div(c.step_min - span.lo, span.width) = div(c.step_max - span.lo, span.width)
+               AS inside
+        FROM span JOIN rm.metric_chunks c ON c.series_id = s.id
+         AND c.step_max >= span.lo AND c.step_min <= span.hi
+    ), parts AS (
+        SELECT div(step_min - lo, width) AS bucket, lo, width, step_min AS first_step,
+               step_max AS last_step, value_min, value_max, last_value, n::int8 AS n,
+               position_max AS last_position, seq + n AS last_ordinal
+        FROM cand WHERE inside
+        UNION ALL
+        SELECT div(u.step - cand.lo, cand.width), cand.lo, cand.width, u.step, u.step, u.value,
+               u.value, u.value, 1, u.position, cand.seq + u.o
+        FROM cand CROSS JOIN LATERAL unnest(cand.steps, cand.vals, cand.positions)
+             WITH ORDINALITY AS u(step, value, position, o)
+        WHERE NOT cand.inside AND u.step BETWEEN (SELECT lo FROM span) AND (SELECT hi FROM span)
+    )
+    SELECT bucket, min(lo) + bucket * min(width) AS step_from,
+           min(lo) + (bucket + 1) * min(width) - 1 AS step_to,
+           min(first_step) AS first_step, max(last_step) AS last_step,
+           min(value_min) AS value_min, max(value_max) AS value_max,
+           -- The latest part's value: arrays compare element by element (no sort needed);
+           -- steps, positions and ordinals stay exact in float8 below 2^53.
+           (max(ARRAY[last_step, last_position, last_ordinal, last_value]))[4] AS last_value,
+           sum(n)::int8 AS n
+    FROM parts GROUP BY bucket
+) b
+ORDER BY k.i, b.bucket
 """
 
 INPUTS = """
@@ -392,8 +465,13 @@ class Loaders:
 
     @cached_property
     def metric_history(self) -> DataLoader[Key, list[Record]]:
-        """(project, run_id, key, step_from, step_to, after_step, after_position, limit)"""
+        """(project, run_id, key, step_from, step_to, after_step, after_position, limit, every)"""
         return self._many(METRIC_HISTORY)
+
+    @cached_property
+    def metric_buckets(self) -> DataLoader[Key, list[Record]]:
+        """(project, run_id, key, step_from, step_to, buckets)"""
+        return self._many(METRIC_BUCKETS)
 
     @cached_property
     def inputs(self) -> DataLoader[Key, list[Record]]:

@@ -1,8 +1,9 @@
 """Subscriptions (graphql-transport-ws): new metric points of a run as they are projected.
 
 The read models' checkpoint says how far projection has got; each poll reads the run's points
-between the last position sent and the checkpoint (a BRIN index on position keeps that to the
-newest blocks), so nothing is sent before it is projected and nothing is sent twice.
+between the last position sent and the checkpoint (an index on each chunk's last position keeps
+that to the newest chunks of the run's series), so nothing is sent before it is projected and
+nothing is sent twice.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ MAX_PER_CONNECTION = 10
 
 _CHECKPOINT = "SELECT position FROM rm.checkpoint"
 _POINTS = """
-SELECT key, step, value, at, position FROM rm.run_metric_points
-WHERE project = $1 AND run_id = $2 AND position > $3 AND position <= $4
-  AND ($5::text[] IS NULL OR key = ANY($5::text[]))
-ORDER BY position, key, step
+SELECT s.key, u.step, u.value, u.at, u.position
+FROM rm.metric_series s
+JOIN rm.metric_chunks c ON c.series_id = s.id AND c.position_max > $3 AND c.position_min <= $4
+CROSS JOIN LATERAL unnest(c.steps, c.vals, c.ats, c.positions) AS u(step, value, at, position)
+WHERE s.project = $1 AND s.run_id = $2 AND ($5::text[] IS NULL OR s.key = ANY($5::text[]))
+  AND u.position > $3 AND u.position <= $4
+ORDER BY u.position, s.key, u.step
 """
 
 

@@ -23,6 +23,7 @@ from studbook_server.graphql._loaders import Record
 
 PAGE_CAP = 500
 HISTORY_PAGE_CAP = 5000
+BUCKETS_CAP = 5000
 DEFAULT_PAGE = 50
 RUN_KEYS_CAP = 1000
 
@@ -324,6 +325,21 @@ class MetricPoint:
 
 
 @strawberry.type(
+    description="One step range of a downsampled metric: its bounds, the first and last step "
+    "that has points, min, max, the last value (at the highest step) and the point count."
+)
+class MetricBucket:
+    step_from: int = strawberry.field(description="First step of the bucket's range.")
+    step_to: int = strawberry.field(description="Last step of the bucket's range (inclusive).")
+    first_step: int
+    last_step: int
+    min: float
+    max: float
+    last: float = strawberry.field(description="The value at `lastStep` (the latest logged).")
+    count: int
+
+
+@strawberry.type(
     description="A dataset version named by a run or another version; `datasetVersion` is null until its own event arrives."
 )
 class DatasetVersionRef:
@@ -502,7 +518,9 @@ class Run(Node):
         return JSON(metrics)
 
     @typed.field(
-        description=f"Every point of one metric, by step; `stepFrom`/`stepTo` bound the range (inclusive). Pages of up to {HISTORY_PAGE_CAP}."
+        description="Every point of one metric, by step; `stepFrom`/`stepTo` bound the range "
+        "(inclusive); `every: N` keeps every Nth point in logged order (the 1st, the N+1th, ...). "
+        f"Pages of up to {HISTORY_PAGE_CAP}."
     )
     async def metric_history(
         self,
@@ -512,13 +530,16 @@ class Run(Node):
         step_to: int | None = None,
         first: int | None = None,
         after: str | None = None,
+        every: int | None = None,
     ) -> Connection[MetricPoint]:
         limit = page_size(first, default=1000, cap=HISTORY_PAGE_CAP)
+        if every is not None and every < 1:
+            raise BadInput(f"`every` must be 1 or more (got {every})")
         pos = uncursor(after, int, int)
         rows = await info.context.loaders.metric_history.load(
             (
                 self.project, self.run_id, key, step_from, step_to,
-                pos[0] if pos else None, pos[1] if pos else None, limit + 1,
+                pos[0] if pos else None, pos[1] if pos else None, limit + 1, every or 1,
             )
         )  # fmt: skip
         return connection(
@@ -538,6 +559,39 @@ class Run(Node):
             limit,
             after,
         )
+
+    @typed.field(
+        description="One metric downsampled for a chart: `buckets` equal step ranges between "
+        "`stepFrom` and `stepTo` (default: the metric's first and last step), each with its "
+        "min, max and last value; empty buckets are left out. Read from stored per-chunk "
+        f"summaries, so 10M points cost about as much as 10k. At most {BUCKETS_CAP} buckets."
+    )
+    async def metric_buckets(
+        self,
+        info: Info,
+        key: str,
+        buckets: int = 500,
+        step_from: int | None = None,
+        step_to: int | None = None,
+    ) -> list[MetricBucket]:
+        if not 1 <= buckets <= BUCKETS_CAP:
+            raise BadInput(f"`buckets` must be between 1 and {BUCKETS_CAP} (got {buckets})")
+        rows = await info.context.loaders.metric_buckets.load(
+            (self.project, self.run_id, key, step_from, step_to, buckets)
+        )
+        return [
+            MetricBucket(
+                step_from=r["step_from"],
+                step_to=r["step_to"],
+                first_step=r["first_step"],
+                last_step=r["last_step"],
+                min=r["value_min"],
+                max=r["value_max"],
+                last=r["last_value"],
+                count=r["n"],
+            )
+            for r in rows
+        ]
 
     @typed.field(description="Dataset versions it used, with their role.")
     async def inputs(self, info: Info) -> list[DatasetVersionRef]:
