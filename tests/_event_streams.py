@@ -602,7 +602,10 @@ def _run_started(draw: Draw, world: _World, run: str, project: str) -> Ev:
 
 def _run_body(draw: Draw, world: _World, run: str, project: str) -> Ev:
     subject = f"run:{run}"
-    kind = _between(draw, 0, 7)
+    kind = _between(draw, 0, 8)
+    if kind == 8:
+        stage = _pick(draw, ("active", "deleted"))
+        return _ev(draw, "run.lifecycle.set", subject, {"lifecycle_stage": stage}, project)
     if kind == 6:
         return _ev(draw, "run.diff.recorded", subject, _diff(draw), project)
     if kind == 7:
@@ -808,6 +811,30 @@ def _model_lane(draw: Draw, world: _World, model: str, project: str) -> list[Ev]
     return _with_asides(draw, lane, subject, project)
 
 
+def _experiment_lane(draw: Draw, experiment: str, project: str) -> list[Ev]:
+    """An MLflow experiment: created (or not: updates of an unknown one change nothing), then
+    renamed, deleted, restored, tagged."""
+    subject = f"experiment:{experiment}"
+    lane: list[Ev] = []
+    if not _chance(draw, 5):
+        created: dict[str, Any] = {"name": _pick(draw, ("churn", _long("e", 500)))}
+        if _maybe(draw):
+            created["artifact_location"] = _pick(draw, (f"mlflow-artifacts:/{experiment}",))
+        if _maybe(draw):
+            created["tags"] = {"team": _pick(draw, ("growth", _long("t", 5000)))}
+        lane.append(_ev(draw, "experiment.created", subject, created, project))
+    for _ in range(_between(draw, 0, 3)):
+        update: dict[str, Any] = {}
+        if _maybe(draw):
+            update["name"] = _pick(draw, ("churn-v2", "churn"))
+        if _maybe(draw):
+            update["lifecycle_stage"] = _pick(draw, ("active", "deleted"))
+        if _maybe(draw) or not update:
+            update["tags"] = {"team": _pick(draw, ("growth", None)), "stage": "x"}
+        lane.append(_ev(draw, "experiment.updated", subject, update, project))
+    return lane
+
+
 def _project_lane(draw: Draw, world: _World, project: str) -> list[Ev]:
     subject = f"project:{project}"
     lane = [_ev(draw, "project.created", subject, {}, project)]
@@ -851,6 +878,10 @@ def streams(draw: Draw) -> Stream:
     lanes += [_run_lane(draw, world, r, _pick(draw, world.projects)) for r in world.runs]
     lanes += [_dataset_lane(draw, world, d, _pick(draw, world.projects)) for d in world.datasets]
     lanes += [_model_lane(draw, world, m, _pick(draw, world.projects)) for m in world.models]
+    lanes += [
+        _experiment_lane(draw, x, _pick(draw, world.projects))
+        for x in ("1", "2")[: _between(draw, 0, 2)]
+    ]
     lanes = [lane for lane in lanes if lane] or [_project_lane(draw, world, world.projects[0])]
 
     # Interleave: a permutation of lane labels, each lane's events taken in their order. The

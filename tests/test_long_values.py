@@ -148,6 +148,13 @@ def _max_events() -> list[dict[str, Any]]:
         e("openlineage.event.reported", run, {
             "kind": "RunEvent", "event": {wide(250): wide(5000)},
         }),
+        e("experiment.created", "experiment:" + named(128, ALNUM, ALNUM + "._-"), {
+            "name": wide(500), "artifact_location": wide(2048), "tags": {TAG_KEY: TAG_VALUE},
+        }),
+        e("experiment.updated", "experiment:" + named(128, ALNUM, ALNUM + "._-"), {
+            "name": wide(500), "lifecycle_stage": "deleted", "tags": {TAG_KEY: TAG_VALUE},
+        }),
+        e("run.lifecycle.set", run, {"lifecycle_stage": "deleted"}),
         e("run.diff.recorded", run, {
             "digest": "sha256:" + hashlib.sha256(DIFF.encode()).hexdigest(),
             "size_bytes": len(DIFF.encode()), "encoding": "utf-8", "diff": DIFF,

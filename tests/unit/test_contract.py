@@ -121,6 +121,9 @@ VALID_PAYLOADS: Mapping[str, dict[str, Any]] = {
     "model.version.undeployed": {"version": 2, "environment": "production"},
     "annotation.added": {"text": "Loss spikes at step 12000.", "labels": {"kind": "incident"}},
     "subject.redacted": {"reason": "GDPR request", "fields": ["host", "code.git_repo"]},
+    "experiment.created": {"name": "churn", "artifact_location": "mlflow-artifacts:/1"},
+    "experiment.updated": {"name": "churn-v2", "lifecycle_stage": "deleted", "tags": {"t": None}},
+    "run.lifecycle.set": {"lifecycle_stage": "deleted"},
     "openlineage.event.reported": {
         "kind": "DatasetEvent",
         "event": {"dataset": {"namespace": "s3://lake", "name": "features/churn"}},
@@ -136,6 +139,7 @@ SUBJECTS: Mapping[str, str] = {
     "annotation": f"run:{RUN_ID}",
     "subject": "dataset:imagenet-subset",
     "openlineage": f"run:{RUN_ID}",
+    "experiment": "experiment:1",
 }
 
 # Keywords fastjsonschema enforces (dependentRequired via the draft-07 translation), plus

@@ -257,6 +257,31 @@ INSERT INTO lineage_edges (project, edge_type, src, dst, role, valid_from, recor
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
 """
 
+# MLflow tracking (schema/sql/0011_mlflow_tracking.sql).
+_EXPERIMENT = """
+INSERT INTO experiments (project, experiment_id, name, artifact_location, tags, created_by,
+                         created_at, updated_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+ON CONFLICT (project, experiment_id) DO NOTHING
+"""
+
+# Tags merge; a null value removes the tag (jsonb_strip_nulls drops it: values are strings).
+_EXPERIMENT_UPDATE = """
+UPDATE experiments SET name = coalesce($3, name),
+    lifecycle_stage = coalesce($4, lifecycle_stage),
+    deleted_at = CASE WHEN $4::text = 'deleted' THEN $6::timestamptz
+                      WHEN $4::text = 'active' THEN NULL ELSE deleted_at END,
+    tags = CASE WHEN $5::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $5::jsonb) END,
+    updated_at = GREATEST(updated_at, $6::timestamptz)
+WHERE project = $1 AND experiment_id = $2
+"""
+
+_RUN_LIFECYCLE = """
+UPDATE runs SET lifecycle_stage = $3::text,
+    deleted_at = CASE WHEN $3::text = 'deleted' THEN $4::timestamptz ELSE NULL END
+WHERE project = $1 AND run_id = $2
+"""
+
 _DEAD_LETTER = """
 INSERT INTO public.dead_letters (event_id, position, source, reason, raw)
 VALUES ($1, $2, 'store', $3, $4)
@@ -331,6 +356,12 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_APPROVAL, ch.approvals)
     if ch.annotations:
         await con.executemany(_ANNOTATION, ch.annotations)
+    if ch.experiments:
+        await con.executemany(_EXPERIMENT, ch.experiments)
+    if ch.experiment_updates:  # after the inserts, in event order
+        await con.executemany(_EXPERIMENT_UPDATE, ch.experiment_updates)
+    if ch.run_lifecycle:  # after the runs' inserts, in event order
+        await con.executemany(_RUN_LIFECYCLE, ch.run_lifecycle)
     if ch.edges:
         await con.executemany(_EDGE, list(ch.edges.values()))
     if ch.facets:

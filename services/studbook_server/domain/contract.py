@@ -73,6 +73,9 @@ CURRENT_VERSIONS: Mapping[str, int] = MappingProxyType(
         "annotation.added": 1,
         "subject.redacted": 1,
         "openlineage.event.reported": 1,
+        "experiment.created": 1,
+        "experiment.updated": 1,
+        "run.lifecycle.set": 1,
     }
 )
 EVENT_TYPES: tuple[str, ...] = tuple(CURRENT_VERSIONS)
@@ -259,8 +262,8 @@ _PATTERN_HINTS: Mapping[str, str] = MappingProxyType(
             "1 to 63 lowercase letters, digits, '_' or '-', starting with a letter"
         ),
         "^[0-9a-f]{7,64}$": "a git commit hash: 7 to 64 lowercase hex digits",
-        "^(project|dataset|run|model):[^\\s].*$": (
-            "'<kind>:<id>' where kind is project, dataset, run or model"
+        "^(project|dataset|run|model|experiment):[^\\s].*$": (
+            "'<kind>:<id>' where kind is project, dataset, run, model or experiment"
         ),
     }
 )
@@ -522,6 +525,7 @@ _SUBJECT_SHAPES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "dataset": (f"dataset:{_NAME}", "'dataset:<dataset name>'"),
         "run": (f"run:{_RUN_ID}", "'run:<run id>'"),
         "model": (f"model:{_NAME}", "'model:<model name>'"),
+        "experiment": (f"experiment:{_RUN_ID}", "'experiment:<experiment id>'"),
     }
 )
 

@@ -245,6 +245,11 @@ class Changes:
     # OpenLineage facets, the newest report of each (project, node, scope, facet name).
     facets: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
     redactions: list[Redaction] = field(default_factory=list)
+    # MLflow tracking (docs/mlflow.md): experiments, their updates and run deletions, applied in
+    # event order after the rows they update.
+    experiments: list[Row] = field(default_factory=list)
+    experiment_updates: list[Row] = field(default_factory=list)
+    run_lifecycle: list[Row] = field(default_factory=list)
     rejected: list[tuple[StoredEvent, str]] = field(default_factory=list)
     last_position: int = 0
 
@@ -326,6 +331,7 @@ _APPENDED = (
     "runs_started", "runs_finished", "metric_points", "outputs", "dataset_versions",
     "dataset_versions_reported", "dataset_versions_filled",
     "model_versions", "approvals", "annotations", "redactions", "rejected",
+    "experiments", "experiment_updates", "run_lifecycle",
 )  # fmt: skip
 
 
@@ -767,6 +773,31 @@ def _run_finished(s: StoredEvent, state: State, ch: Changes) -> None:
     )
 
 
+def _run_lifecycle_set(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    ch.run_lifecycle.append((e.project, e.subject_key, e.payload["lifecycle_stage"], e.occurred_at))
+
+
+def _experiment_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.experiments.append(
+        (
+            e.project, e.subject_key, p["name"], p.get("artifact_location"), p.get("tags", {}),
+            s.who, e.occurred_at, s.recorded_at,
+        )
+    )  # fmt: skip
+
+
+def _experiment_updated(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.experiment_updates.append(
+        (
+            e.project, e.subject_key, p.get("name"), p.get("lifecycle_stage"), p.get("tags"),
+            e.occurred_at,
+        )
+    )  # fmt: skip
+
+
 def _model_row(s: StoredEvent, description: str | None, explicit: bool) -> Row:
     e = s.event
     return (e.project, e.subject_key, description, s.who, e.occurred_at, s.recorded_at, explicit)
@@ -995,6 +1026,9 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "run.output.produced": _run_output_produced,
     "run.finished": _run_finished,
     "run.diff.recorded": _run_diff_recorded,
+    "run.lifecycle.set": _run_lifecycle_set,
+    "experiment.created": _experiment_created,
+    "experiment.updated": _experiment_updated,
     "model.created": _model_created,
     "model.version.registered": _model_version_registered,
     "model.alias.set": _model_alias_set,
