@@ -29,6 +29,9 @@ class Settings:
     graphql_max_body_bytes: int = 1024 * 1024
     # `studbook-server projector` serves Prometheus metrics on this port (0: none).
     metrics_port: int = 0
+    # Where the MLflow artifact proxy keeps files: a folder or an fsspec URL (file://, s3://,
+    # gs://, az://, ...); empty: the `artifacts` folder of the data directory (docs/mlflow.md).
+    artifact_root: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -60,4 +63,5 @@ def load_settings(env_file: str | None = None) -> Settings:
         publish_timeout_s=config("PUBLISH_TIMEOUT_S", cast=float, default=10.0),
         graphql_max_body_bytes=config("GRAPHQL_MAX_BODY_BYTES", cast=int, default=1024 * 1024),
         metrics_port=config("METRICS_PORT", cast=int, default=0),
+        artifact_root=config("ARTIFACT_ROOT", cast=str, default=""),
     )

@@ -257,6 +257,57 @@ INSERT INTO lineage_edges (project, edge_type, src, dst, role, valid_from, recor
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
 """
 
+# MLflow's facts (schema/sql/0012_mlflow_registry.sql). The newest store of a path wins.
+_ARTIFACT = """
+INSERT INTO artifacts AS t (project, path, subject, uri, size_bytes, digest, stored_by, stored_at,
+                            recorded_at, event_id, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (project, md5(path)) DO UPDATE SET
+    subject = EXCLUDED.subject, uri = EXCLUDED.uri, size_bytes = EXCLUDED.size_bytes,
+    digest = EXCLUDED.digest, stored_by = EXCLUDED.stored_by, stored_at = EXCLUDED.stored_at,
+    recorded_at = EXCLUDED.recorded_at, event_id = EXCLUDED.event_id, position = EXCLUDED.position
+WHERE EXCLUDED.position > t.position
+"""
+
+_LOGGED_MODEL = """
+INSERT INTO logged_models (project, model_id, name, experiment, run_id, artifact_uri, status,
+                           model_type, params, tags, created_by, created_at, updated_at,
+                           recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (project, model_id) DO NOTHING
+"""
+
+# Tags merge; a null value removes the tag (jsonb_strip_nulls drops it: values are strings).
+_LOGGED_MODEL_UPDATE = """
+UPDATE logged_models SET status = coalesce($3, status),
+    tags = CASE WHEN $4::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $4::jsonb) END,
+    updated_at = GREATEST(updated_at, $5)
+WHERE project = $1 AND model_id = $2
+"""
+
+_MODEL_UPDATE = """
+UPDATE models SET description = CASE WHEN $4 THEN $3 ELSE description END,
+    tags = CASE WHEN $5::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $5::jsonb) END,
+    deleted_at = CASE WHEN $6 THEN $8 WHEN $7 THEN NULL ELSE deleted_at END,
+    updated_at = CASE WHEN $7 THEN updated_at ELSE $8 END
+WHERE project = $1 AND name = $2
+"""
+
+# Deleting a registered model deletes its versions.
+_MODEL_VERSIONS_DELETED = """
+UPDATE model_versions SET deleted_at = $3
+WHERE project = $1 AND model = $2 AND deleted_at IS NULL
+"""
+
+_VERSION_UPDATE = """
+UPDATE model_versions SET description = CASE WHEN $5 THEN $4 ELSE description END,
+    tags = CASE WHEN $6::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $6::jsonb) END,
+    stage = coalesce($7, stage),
+    deleted_at = CASE WHEN $8 THEN $9 ELSE deleted_at END,
+    updated_at = $9
+WHERE project = $1 AND model = $2 AND number = $3
+"""
+
 # MLflow tracking (schema/sql/0011_mlflow_tracking.sql).
 _EXPERIMENT = """
 INSERT INTO experiments (project, experiment_id, name, artifact_location, tags, created_by,
@@ -356,6 +407,20 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_APPROVAL, ch.approvals)
     if ch.annotations:
         await con.executemany(_ANNOTATION, ch.annotations)
+    if ch.artifacts:
+        await con.executemany(_ARTIFACT, list(ch.artifacts.values()))
+    if ch.logged_models:
+        await con.executemany(_LOGGED_MODEL, ch.logged_models)
+    if ch.logged_model_updates:  # after the inserts, in event order
+        await con.executemany(_LOGGED_MODEL_UPDATE, ch.logged_model_updates)
+    if ch.model_updates:
+        await con.executemany(_MODEL_UPDATE, ch.model_updates)
+    if ch.version_updates:
+        await con.executemany(_VERSION_UPDATE, ch.version_updates)
+    if ch.model_updates:  # after the versions' own updates: a deletion wins
+        deleted = [(r[0], r[1], r[7]) for r in ch.model_updates if r[5]]
+        if deleted:
+            await con.executemany(_MODEL_VERSIONS_DELETED, deleted)
     if ch.experiments:
         await con.executemany(_EXPERIMENT, ch.experiments)
     if ch.experiment_updates:  # after the inserts, in event order

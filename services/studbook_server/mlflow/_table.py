@@ -14,15 +14,15 @@ ENDPOINTS: list[Endpoint] = []
 
 def _load() -> list[Endpoint]:
     # Imported here so a module's import error names that module, and modules may import _http.
-    from studbook_server.mlflow import _experiments, _runs, _search
+    from studbook_server.mlflow import _artifacts, _experiments, _models, _registry, _runs, _search
 
     return [
         *_experiments.ENDPOINTS,  # experiments/* (tracking)
         *_runs.ENDPOINTS,  # runs/* writes and reads, log-inputs (tracking)
         *_search.ENDPOINTS,  # runs/search, metrics/get-history* (tracking)
-        # *_artifacts.ENDPOINTS,  # mlflow-artifacts/*, server-info (artifacts)
-        # *_models.ENDPOINTS,  # logged-models/*, runs/outputs (MLflow 3 logged models)
-        # *_registry.ENDPOINTS,  # registered-models/*, model-versions/* (model registry)
+        *_artifacts.ENDPOINTS,  # mlflow-artifacts/*, server-info (artifacts)
+        *_models.ENDPOINTS,  # logged-models/*, runs/outputs (MLflow 3 logged models)
+        *_registry.ENDPOINTS,  # registered-models/*, model-versions/* (model registry)
     ]
 
 
