@@ -47,6 +47,9 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # The job runner (GenAI scorers, trace roll-ups: a runner and seven huey consumers) has no
+    # part in tracking or the registry; off, it takes no CPU from the workers on a small host.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 
 
