@@ -1,8 +1,14 @@
 """What code a run executes: git commit, branch, dirtiness, remote, entry point, command line,
 working directory, and the uncommitted changes of a dirty tree.
 
-Captured with ``git`` subprocesses (each with a short timeout) the first time a run starts,
-then cached for the process. Anything that fails is left out: no git, not a repository, a
+Captured with ``git`` subprocesses (each with a short timeout) when the first run of a process
+starts, then cached for the process (:func:`process_snapshot`): a later run costs a few ``stat``
+calls, and captures again when what it can see changed: the directory it starts from, the
+working directory, the command line, the repository root, or the ``stat`` of ``.git/HEAD``,
+``.git/index``, the branch's ref, ``packed-refs`` and ``.git/config`` (a commit, a checkout, a
+``git add``, a new remote between two runs). An edit of a tracked file that is not staged does
+not change those, so a run started after it in the same process records the tree as the
+previous capture saw it. Anything that fails is left out: no git, not a repository, a
 repository without commits, a slow file system.
 
 The uncommitted changes (``git diff --binary HEAD``: staged and unstaged changes to tracked
@@ -14,10 +20,10 @@ own ``run.diff.recorded`` event. A larger diff is recorded by digest and size on
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,10 +244,94 @@ def capture(where: Path | None = None) -> dict[str, Any]:
     return snapshot(where).code
 
 
-@functools.cache
+def _start_dir() -> Path:
+    script = _entry_script()
+    return script.parent if script is not None else Path.cwd()
+
+
+def find_git_dir(start: Path) -> tuple[Path, Path] | None:
+    """(work tree root, git directory) of the repository around ``start``, found without running
+    git: the nearest ``.git`` directory, or ``.git`` file (``gitdir: ...``: a linked worktree, a
+    submodule) above it."""
+    for where in (start, *start.parents):
+        dotgit = where / ".git"
+        try:
+            if dotgit.is_dir():
+                return where, dotgit
+            if not dotgit.is_file():
+                continue
+            text = dotgit.read_text("utf-8", "replace")
+        except OSError:
+            return None
+        if not text.startswith("gitdir:"):
+            return None
+        gitdir = Path(text[len("gitdir:") :].strip())
+        return where, gitdir if gitdir.is_absolute() else where / gitdir
+    return None
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def snapshot_key(where: Path | None = None) -> tuple[object, ...]:
+    """What a capture depends on, cheaply: equal keys, equal captures (but for unstaged edits)."""
+    start = where or _start_dir()
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    env = tuple(os.environ.get(k) for k in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"))
+    base: tuple[object, ...] = (str(start), cwd, tuple(sys.argv), _main_module(), env)
+    found = find_git_dir(start)
+    if found is None:
+        return (*base, None)
+    root, gitdir = found
+    common = gitdir
+    try:
+        shared = (gitdir / "commondir").read_text("utf-8", "replace").strip()
+        common = Path(shared) if Path(shared).is_absolute() else gitdir / shared
+    except OSError:
+        pass  # not a linked worktree: refs live in the git directory itself
+    try:
+        head = (gitdir / "HEAD").read_text("utf-8", "replace").strip()
+    except OSError:
+        head = ""
+    files = [gitdir / "HEAD", gitdir / "index", common / "packed-refs", common / "config"]
+    if head.startswith("ref:"):
+        ref = head[len("ref:") :].strip()
+        files.append(common / ref)
+        files.append(gitdir / ref)  # per-worktree refs (rare)
+    return (*base, str(root), head, tuple(_stamp(f) for f in files))
+
+
+_cached: tuple[tuple[object, ...], Snapshot] | None = None
+_cache_lock = threading.Lock()
+
+
 def process_snapshot() -> Snapshot:
-    """:func:`snapshot` of this process, taken once."""
-    return snapshot()
+    """:func:`snapshot` of this process, cached: taken again only when :func:`snapshot_key`
+    changes (a commit, a checkout, a staged change, another working directory)."""
+    return cached_snapshot()
+
+
+def cached_snapshot(where: Path | None = None) -> Snapshot:
+    """:func:`snapshot` of ``where`` (default: around the entry point), cached per process by
+    :func:`snapshot_key`."""
+    global _cached
+    key = snapshot_key(where)
+    with _cache_lock:
+        hit = _cached
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        taken = snapshot(where)
+        # Keyed by what was seen before the capture: a change during it is seen next time.
+        _cached = (key, taken)
+        return taken
 
 
 def code_info() -> dict[str, Any]:
