@@ -36,6 +36,7 @@ CREATE TABLE rm.logged_models (
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
     recorded_at     timestamptz NOT NULL,
+    position        bigint      NOT NULL,   -- of its creation: only later updates apply
     PRIMARY KEY (project, model_id)
 );
 CREATE INDEX logged_models_run ON rm.logged_models (project, run_id);

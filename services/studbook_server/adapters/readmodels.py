@@ -281,17 +281,18 @@ WHERE EXCLUDED.position > t.position
 _LOGGED_MODEL = """
 INSERT INTO logged_models (project, model_id, name, experiment, run_id, artifact_uri, status,
                            model_type, params, tags, created_by, created_at, updated_at,
-                           recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                           recorded_at, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (project, model_id) DO NOTHING
 """
 
-# Tags merge; a null value removes the tag (jsonb_strip_nulls drops it: values are strings).
+# Tags merge; a null value removes the tag (jsonb_strip_nulls drops it: values are strings). An
+# update recorded before the model's creation changes nothing, in whatever batch either lands.
 _LOGGED_MODEL_UPDATE = """
 UPDATE logged_models SET status = coalesce($3, status),
     tags = CASE WHEN $4::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $4::jsonb) END,
     updated_at = GREATEST(updated_at, $5)
-WHERE project = $1 AND model_id = $2
+WHERE project = $1 AND model_id = $2 AND position < $6
 """
 
 _MODEL_UPDATE = """
@@ -302,10 +303,10 @@ UPDATE models SET description = CASE WHEN $4 THEN $3 ELSE description END,
 WHERE project = $1 AND name = $2
 """
 
-# Deleting a registered model deletes its versions.
+# Deleting a registered model deletes its versions (those numbered by then).
 _MODEL_VERSIONS_DELETED = """
 UPDATE model_versions SET deleted_at = $3
-WHERE project = $1 AND model = $2 AND deleted_at IS NULL
+WHERE project = $1 AND model = $2 AND number <= $4 AND deleted_at IS NULL
 """
 
 _VERSION_UPDATE = """
@@ -423,11 +424,11 @@ async def write_changes(con: Connection, ch: Changes) -> None:
     if ch.logged_model_updates:  # after the inserts, in event order
         await con.executemany(_LOGGED_MODEL_UPDATE, ch.logged_model_updates)
     if ch.model_updates:
-        await con.executemany(_MODEL_UPDATE, ch.model_updates)
+        await con.executemany(_MODEL_UPDATE, [r[:8] for r in ch.model_updates])
     if ch.version_updates:
         await con.executemany(_VERSION_UPDATE, ch.version_updates)
     if ch.model_updates:  # after the versions' own updates: a deletion wins
-        deleted = [(r[0], r[1], r[7]) for r in ch.model_updates if r[5]]
+        deleted = [(r[0], r[1], r[7], r[8]) for r in ch.model_updates if r[5]]
         if deleted:
             await con.executemany(_MODEL_VERSIONS_DELETED, deleted)
     if ch.experiments:

@@ -829,9 +829,12 @@ def _model_created(s: StoredEvent, state: State, ch: Changes) -> None:
             f"`model.created` name `{e.payload['name']}` differs from its subject `{e.subject}`"
         )
     ch.models[(e.project, e.subject_key)] = _model_row(s, e.payload.get("description"), True)
-    # A name created again after `model.updated` deleted it is back (its old versions stay deleted).
+    # A name created again after `model.updated` deleted it is back (its old versions stay
+    # deleted); its description is set in event order with those of `model.updated`, so the
+    # outcome does not depend on which batch either lands in.
     ch.model_updates.append(
-        (e.project, e.subject_key, None, False, None, False, True, e.occurred_at)
+        (e.project, e.subject_key, e.payload.get("description"), True, None, False, True,
+         e.occurred_at, 0)
     )  # fmt: skip
 
 
@@ -1012,7 +1015,7 @@ def _logged_model_created(s: StoredEvent, state: State, ch: Changes) -> None:
         (
             e.project, e.subject_key, p["name"], p["experiment"], p.get("run"), p["artifact_uri"],
             p["status"], p.get("model_type"), p.get("params", {}), p.get("tags", {}), s.who,
-            e.occurred_at, e.occurred_at, s.recorded_at,
+            e.occurred_at, e.occurred_at, s.recorded_at, s.position,
         )
     )  # fmt: skip
 
@@ -1020,7 +1023,7 @@ def _logged_model_created(s: StoredEvent, state: State, ch: Changes) -> None:
 def _logged_model_updated(s: StoredEvent, state: State, ch: Changes) -> None:
     e, p = s.event, s.event.payload
     ch.logged_model_updates.append(
-        (e.project, e.subject_key, p.get("status"), p.get("tags"), e.occurred_at)
+        (e.project, e.subject_key, p.get("status"), p.get("tags"), e.occurred_at, s.position)
     )
 
 
@@ -1031,6 +1034,8 @@ def _model_updated(s: StoredEvent, state: State, ch: Changes) -> None:
         (
             e.project, e.subject_key, p.get("description"), "description" in p, p.get("tags"),
             bool(p.get("deleted")), False, e.occurred_at,
+            # the versions a deletion covers: those numbered by then
+            state.model_numbers.get((e.project, e.subject_key), 0),
         )
     )  # fmt: skip
 
@@ -1054,6 +1059,8 @@ NOT_REDACTABLE = frozenset({
     "fields", "reproduces",
     # artifact.stored, logged_model.*: where a file is and what it belongs to
     "path", "logged_model", "experiment", "size_bytes",
+    # model.updated, model.version.updated: lifecycle facts the read models act on
+    "deleted", "stage",
     # openlineage.event.reported: what kind of OpenLineage event it keeps
     "kind",
 })  # fmt: skip

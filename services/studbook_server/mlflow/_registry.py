@@ -30,7 +30,8 @@ from studbook_server.mlflow._models import (
 RM = "/api/2.0/mlflow/registered-models"
 MV = "/api/2.0/mlflow/model-versions"
 STAGES = {"none": "None", "staging": "Staging", "production": "Production", "archived": "Archived"}
-# How long model-versions/create waits for its version's number (the projector assigns it).
+# How long model-versions/create waits for its version's number in the read model, should the
+# write path not have given one.
 NUMBER_WAIT_S = 30.0
 MAX_RESULTS = 10_000
 _LOGGED_MODEL_SOURCE = re.compile(r"^models:/(?P<id>m-[A-Za-z0-9._-]+)/?$")
@@ -383,8 +384,12 @@ async def create_version(ctx: Ctx) -> dict[str, Any]:
     if description:
         payload["description"] = description
     registered = new_event(ctx, "model.version.registered", _subject(name), payload)
-    await ctx.submit([registered])
-    number = await _wait_for_number(ctx, registered["event_id"])
+    accepted = await ctx.submit([registered])
+    # The write path numbers a version when it accepts it (a retry of the event gets the same
+    # number), so the answer carries `version` and READY at once; the read model is the fallback.
+    number = accepted.numbers.get(registered["event_id"])
+    if number is None:
+        number = await _wait_for_number(ctx, registered["event_id"])
     tags = {t["key"]: str(t.get("value", "")) for t in p.items("tags") if isinstance(t, dict)}
     if tags:
         doc = new_event(
