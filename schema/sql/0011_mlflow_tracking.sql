@@ -18,7 +18,14 @@ CREATE TABLE rm.experiments (
 CREATE INDEX experiments_name ON rm.experiments (project, name);
 
 -- A run deleted through MLflow keeps its events and lineage; searches of active runs skip it.
-ALTER TABLE rm.runs
-    ADD COLUMN lifecycle_stage text NOT NULL DEFAULT 'active',
-    ADD COLUMN deleted_at timestamptz;
+-- Its own table, the newest change winning, so a deletion that arrives before the run's start
+-- is kept (no row: active).
+CREATE TABLE rm.run_lifecycle (
+    project           text        NOT NULL,
+    run_id            text        NOT NULL,
+    lifecycle_stage   text        NOT NULL,   -- active | deleted
+    changed_at        timestamptz NOT NULL,
+    position          bigint      NOT NULL,
+    PRIMARY KEY (project, run_id)
+);
 CREATE INDEX runs_experiment ON rm.runs (project, experiment, started_at DESC);

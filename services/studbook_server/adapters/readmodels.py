@@ -338,9 +338,12 @@ WHERE project = $1 AND experiment_id = $2
 """
 
 _RUN_LIFECYCLE = """
-UPDATE runs SET lifecycle_stage = $3::text,
-    deleted_at = CASE WHEN $3::text = 'deleted' THEN $4::timestamptz ELSE NULL END
-WHERE project = $1 AND run_id = $2
+INSERT INTO run_lifecycle AS t (project, run_id, lifecycle_stage, changed_at, position)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (project, run_id) DO UPDATE SET
+    lifecycle_stage = EXCLUDED.lifecycle_stage, changed_at = EXCLUDED.changed_at,
+    position = EXCLUDED.position
+WHERE EXCLUDED.position > t.position
 """
 
 _DEAD_LETTER = """
@@ -435,7 +438,7 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_EXPERIMENT, ch.experiments)
     if ch.experiment_updates:  # after the inserts, in event order
         await con.executemany(_EXPERIMENT_UPDATE, ch.experiment_updates)
-    if ch.run_lifecycle:  # after the runs' inserts, in event order
+    if ch.run_lifecycle:  # in event order; the newest position wins
         await con.executemany(_RUN_LIFECYCLE, ch.run_lifecycle)
     if ch.edges:
         await con.executemany(_EDGE, list(ch.edges.values()))

@@ -794,7 +794,9 @@ def _run_finished(s: StoredEvent, state: State, ch: Changes) -> None:
 
 def _run_lifecycle_set(s: StoredEvent, state: State, ch: Changes) -> None:
     e = s.event
-    ch.run_lifecycle.append((e.project, e.subject_key, e.payload["lifecycle_stage"], e.occurred_at))
+    ch.run_lifecycle.append(
+        (e.project, e.subject_key, e.payload["lifecycle_stage"], e.occurred_at, s.position)
+    )
 
 
 def _experiment_created(s: StoredEvent, state: State, ch: Changes) -> None:

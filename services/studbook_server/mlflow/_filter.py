@@ -230,7 +230,10 @@ def run_attribute(key: str, sql: Sql) -> str:
     if key == "end_time":
         return "(extract(epoch FROM r.finished_at) * 1000)::bigint"
     if key == "lifecycle_stage":
-        return "r.lifecycle_stage"
+        return (
+            "coalesce((SELECT l.lifecycle_stage FROM rm.run_lifecycle l WHERE l.project = "
+            "r.project AND l.run_id = r.run_id), 'active')"
+        )
     if key == "experiment_id":
         return "coalesce(r.experiment, '0')"
     if key == "artifact_uri":

@@ -101,9 +101,14 @@ def param_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# A run's own stage (rm.run_lifecycle; no row: active).
+RUN_STAGE = (
+    "coalesce((SELECT l.lifecycle_stage FROM rm.run_lifecycle l WHERE l.project = r.project "
+    "AND l.run_id = r.run_id), 'active')"
+)
 RUN_COLUMNS = (
     "r.run_id, r.name, r.experiment, r.parent_run, r.status, r.actor, r.started_at, "
-    "r.finished_at, r.lifecycle_stage"
+    "r.finished_at, " + RUN_STAGE + " AS lifecycle_stage"
 )
 
 

@@ -76,7 +76,8 @@ def _view(ctx: Ctx, field: str) -> str:
 
 # The run's stage as search sees it: deleted when the run or its experiment is.
 _RUN_STAGE = (
-    "(CASE WHEN r.lifecycle_stage = 'deleted' OR EXISTS (SELECT 1 FROM rm.experiments x "
+    "(CASE WHEN EXISTS (SELECT 1 FROM rm.run_lifecycle l WHERE l.project = r.project "
+    "AND l.run_id = r.run_id AND l.lifecycle_stage = 'deleted') OR EXISTS (SELECT 1 FROM rm.experiments x "
     "WHERE x.project = r.project AND x.experiment_id = r.experiment "
     "AND x.lifecycle_stage = 'deleted') THEN 'deleted' ELSE 'active' END)"
 )
