@@ -1,7 +1,8 @@
 """`studbook-server import-mlflow`: a real `mlflow server` (the pinned mlflow, from the cached
 virtualenv of bench/_mlflow_env.py, on a throwaway SQLite store) is filled by the real client,
 imported into a project, and read back through the same client from Studbook: the same
-experiments, runs, params, tags, metric histories and datasets. Importing again changes nothing.
+experiments, runs, params, tags, metric histories, datasets and the model registry. Importing
+again changes nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ from _mlflow_env import MlflowServer, ensure_venv  # noqa: E402
 
 Factory = Callable[..., Coroutine[Any, Any, str]]
 PROJECT = "imported"
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+# mlflow warns about its own pandas calls and about stages (still part of its API): not errors.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),
+    pytest.mark.filterwarnings("ignore:.*transition_model_version_stage.*:FutureWarning"),
+]
 
 
 def fill(uri: str) -> None:
@@ -70,6 +75,12 @@ def fill(uri: str) -> None:
     client.create_run(old, run_name="in-old")
     client.delete_experiment(old)
     client.create_run("0", run_name="default-run")
+    client.create_registered_model("churn-clf", tags={"team": "growth"}, description="Churn")
+    client.create_model_version("churn-clf", "s3://models/churn/1", run_id=parent.info.run_id,
+                                tags={"checked": "yes"})  # fmt: skip
+    client.create_model_version("churn-clf", "s3://models/churn/2", run_id=parent.info.run_id)
+    client.transition_model_version_stage("churn-clf", "1", "Staging")
+    client.set_registered_model_alias("churn-clf", "champion", "2")
 
 
 def dump(uri: str) -> dict[str, Any]:
@@ -101,6 +112,14 @@ def dump(uri: str) -> dict[str, Any]:
         out[e.experiment_id] = {
             "name": e.name, "stage": e.lifecycle_stage, "tags": e.tags, "runs": runs,
         }  # fmt: skip
+    registry = {}
+    for m in client.search_registered_models():
+        versions = sorted(
+            (int(v.version), v.source, v.run_id, v.tags, v.current_stage)
+            for v in client.search_model_versions(f"name='{m.name}'")
+        )
+        registry[m.name] = (m.description, m.tags, m.aliases, versions)
+    out["registry"] = registry
     return out
 
 
@@ -133,7 +152,9 @@ async def test_import_mlflow_copies_everything_once(database_factory: Factory) -
         expected = await asyncio.to_thread(dump, source.url)
         first = await asyncio.to_thread(import_command, source.url, url)
         assert first.returncode == 0, first.stderr
-        assert "import-mlflow: 3 experiments, 6 runs" in first.stderr
+        assert "import-mlflow: 3 experiments, 6 runs, 1 registered models, 2 model versions" in (
+            first.stderr
+        )
         stored = await _events(url)
         again = await asyncio.to_thread(import_command, source.url, url)
         assert again.returncode == 0, again.stderr
@@ -147,6 +168,8 @@ async def test_import_mlflow_copies_everything_once(database_factory: Factory) -
     finally:
         os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
     assert set(got) == set(expected)
+    assert got["registry"] == expected["registry"]
+    assert expected["registry"]["churn-clf"][2] == {"champion": "2"}
     for exp_id, exp in expected.items():
         assert got[exp_id] == exp, f"experiment {exp_id} differs"
     churn = next(e for e in got.values() if e["name"] == "churn")

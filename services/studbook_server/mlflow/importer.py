@@ -1,7 +1,7 @@
 """`studbook-server import-mlflow --from http://mlflow-host:5000 --project P`.
 
 Reads an MLflow tracking server through its REST API (experiments, runs with their params, tags,
-full metric histories and datasets) and replays it into a Studbook project as back-dated events
+full metric histories and datasets; registered models, versions, tags, stages and aliases) and replays it into a Studbook project as back-dated events
 (the times MLflow recorded), through the one write path. Every event id is derived (uuid5) from
 MLflow's ids, and every event's content from MLflow's data alone, so importing again sends the
 same events, which the store already holds: nothing changes. Experiments keep MLflow's ids, so
@@ -194,8 +194,106 @@ def _runs_of(source: Source, experiment_id: str) -> list[dict[str, Any]]:
 class Imported:
     experiments: int = 0
     runs: int = 0
+    models: int = 0
+    versions: int = 0
     events: int = 0
     refused: list[str] = field(default_factory=list)
+
+
+def _registered_models(source: Source) -> list[dict[str, Any]]:
+    return list(source.pages("GET", "registered-models/search", {"max_results": PAGE},
+                             "registered_models"))  # fmt: skip
+
+
+def _versions_of(source: Source, name: str) -> list[dict[str, Any]]:
+    escaped = name.replace("'", "\\'")
+    found = list(source.pages("GET", "model-versions/search",
+                              {"filter": f"name='{escaped}'", "max_results": 10_000},
+                              "model_versions"))  # fmt: skip
+    return sorted(found, key=lambda v: int(v["version"]))
+
+
+async def _import_registry(
+    source: Source, project: str, writer: Writer, principal: auth.Principal, out: Imported
+) -> None:
+    """Registered models, their versions (in order, so the write path numbers them as MLflow
+    did in a project without versions of its own), tags, stages, aliases."""
+    import asyncio
+
+    for m in await asyncio.to_thread(_registered_models, source):
+        name = m["name"]
+        subject = f"model:{name}"
+        created = _at(m.get("creation_timestamp")) or datetime(1970, 1, 1, tzinfo=UTC)
+
+        def ev(
+            type_: str,
+            payload: dict[str, Any],
+            at: datetime,
+            *key: str,
+            subject: str = subject,
+            name: str = name,
+        ) -> dict[str, Any]:
+            return event(type_, project, subject, payload, actor=ACTOR, at=at,
+                         event_id=_id(project, "model", name, type_, *key))  # fmt: skip
+
+        head: dict[str, Any] = {"name": name}
+        if m.get("description"):
+            head["description"] = m["description"]
+        docs = [ev("model.created", head, created)]
+        tags = _tags(m.get("tags"))
+        if tags:
+            docs.append(ev("model.updated", {"tags": tags}, created, "tags"))
+        outcome = await writer.submit(principal, docs)
+        if isinstance(outcome, Refused):
+            out.refused.append(f"registered model {name}: {outcome.message} "
+                               + "; ".join(v.message for v in outcome.violations[:3]))  # fmt: skip
+            continue
+        out.events += len(docs)
+        out.models += 1
+        numbers: dict[str, int] = {}
+        for v in await asyncio.to_thread(_versions_of, source, name):
+            at = _at(v.get("creation_timestamp")) or created
+            payload: dict[str, Any] = {"artifact_uri": v.get("source") or f"models:/{name}"}
+            if v.get("run_id"):
+                payload["run"] = v["run_id"]
+            if v.get("description"):
+                payload["description"] = v["description"]
+            registered = ev("model.version.registered", payload, at, str(v["version"]))
+            accepted = await writer.submit(principal, [registered])
+            if isinstance(accepted, Refused):
+                out.refused.append(f"model version {name}/{v['version']}: {accepted.message}")
+                continue
+            number = accepted.numbers.get(registered["event_id"], int(v["version"]))
+            numbers[str(v["version"])] = number
+            out.events += 1
+            out.versions += 1
+            update: dict[str, Any] = {"version": number}
+            vtags = _tags(v.get("tags"))
+            if vtags:
+                update["tags"] = vtags
+            if v.get("current_stage") and v["current_stage"] != "None":
+                update["stage"] = v["current_stage"]
+            if len(update) > 1:
+                last = _at(v.get("last_updated_timestamp")) or at
+                doc = ev("model.version.updated", update, max(last, at), str(v["version"]))
+                result = await writer.submit(principal, [doc])
+                if isinstance(result, Refused):
+                    out.refused.append(f"model version {name}/{v['version']}: {result.message}")
+                else:
+                    out.events += 1
+        aliases = []
+        for a in m.get("aliases") or []:
+            if str(a.get("version")) in numbers:
+                last = _at(m.get("last_updated_timestamp")) or created
+                aliases.append(ev("model.alias.set", {
+                    "alias": a["alias"], "version": numbers[str(a["version"])]},
+                    last, "alias", a["alias"]))  # fmt: skip
+        for doc in aliases:
+            result = await writer.submit(principal, [doc])
+            if isinstance(result, Refused):
+                out.refused.append(f"alias {name}@{doc['payload']['alias']}: {result.message}")
+            else:
+                out.events += 1
 
 
 async def import_mlflow(source: Source, project: str, writer: Writer) -> Imported:
@@ -233,6 +331,7 @@ async def import_mlflow(source: Source, project: str, writer: Writer) -> Importe
                 history[key] = await asyncio.to_thread(metric_history, source, run_id, key)
             await send(run_events(project, run, history), f"run {run_id}")
             out.runs += 1
+    await _import_registry(source, project, writer, principal, out)
     return out
 
 
@@ -267,8 +366,9 @@ async def import_main(url: str, project: str, token: str | None, data_dir: Any =
             await kafka.stop()
         await pool.close()
     print(
-        f"import-mlflow: {done.experiments} experiments, {done.runs} runs, {done.events} events "
-        f"sent to project {project} (events already stored are kept once)",
+        f"import-mlflow: {done.experiments} experiments, {done.runs} runs, {done.models} "
+        f"registered models, {done.versions} model versions, {done.events} events sent to "
+        f"project {project} (events already stored are kept once)",
         file=sys.stderr,
     )
     for problem in done.refused:
