@@ -127,13 +127,14 @@ async def ran(
     whatif_cmd = ["--projector-cmd", WHATIF_CMD]
     graph_database = urlsplit(await database_factory()).path.lstrip("/")
     started = time.monotonic()
-    projector, e2e, log_metric, footprint, (graph, queries) = await asyncio.gather(
+    projector, e2e, log_metric, footprint, (graph, queries), artifacts = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
         _run([PYTHON, "bench/projector_throughput.py", "--tiny", *whatif_cmd], whatif_env),
         _run([PYTHON, "bench/sdk_end_to_end.py", "--tiny", "--no-profile"], env),
         _run([PYTHON, "bench/sdk_log_metric.py", "--tiny"], env),
         _run([PYTHON, "bench/embedded_footprint.py", "--tiny"], env),
         _graph_then_queries(graph_database, env),
+        _run([PYTHON, "bench/artifact_upload.py", "--tiny"], env),
     )
     runs = {
         "projector_throughput.py": projector,
@@ -142,6 +143,7 @@ async def ran(
         "embedded_footprint.py": footprint,
         "lineage_graph.py": graph,
         "graphql_queries.py": queries,
+        "artifact_upload.py": artifacts,
     }
     each = ", ".join(f"{name} {r.seconds:.1f} s" for name, r in runs.items())
     print(
@@ -284,6 +286,20 @@ def test_embedded_footprint(ran: dict[str, Ran]) -> None:
         "ratio_restart_to_postgres_alone",
     )
     assert report["repeat"] == 1
+
+
+def test_artifact_upload(ran: dict[str, Ran]) -> None:
+    report = ran["artifact_upload.py"].report()
+    _positive(
+        report,
+        "proxy_mib_per_s_median",
+        "baseline_mib_per_s_median",
+        "proxy_vs_baseline",
+        "server_peak_rss_mib_after",
+    )
+    assert report["stored_bytes"] == report["file_mib"] * 1024 * 1024
+    # The proxy streams: its peak memory grows by far less than the file it stored.
+    assert report["server_peak_rss_growth_vs_file"] < 0.9
 
 
 def test_lineage_graph(ran: dict[str, Ran]) -> None:

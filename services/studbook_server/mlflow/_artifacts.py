@@ -194,9 +194,12 @@ async def download(ctx: Ctx) -> Response:
     return StreamingResponse(chunks(), media_type=media, headers=headers)
 
 
+# A run's or logged model's folder is listed through the subject index; other folders scan the
+# project's artifacts.
 _LIST = """
 SELECT path, size_bytes FROM rm.artifacts
 WHERE project = $1 AND (path = $2 OR starts_with(path, $3))
+  AND ($4::text IS NULL OR subject = $4)
 ORDER BY path
 """
 
@@ -206,7 +209,8 @@ async def listing(ctx: Ctx) -> dict[str, Any]:
     model of stored artifacts."""
     path = clean_path(ctx.params.text("path"), allow_empty=True)
     prefix = f"{path}/" if path else ""
-    rows = await ctx.pool.fetch(_LIST, ctx.project, path, prefix)
+    subject, names = subject_of(ctx.project, prefix + "x")
+    rows = await ctx.pool.fetch(_LIST, ctx.project, path, prefix, subject if names else None)
     children: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row["path"] == path:
