@@ -375,7 +375,7 @@ def _http(url: str, token: str | None, body: dict[str, Any] | None = None) -> tu
         return exc.code, orjson.loads(exc.read() or b"{}")
 
 
-def scenario_access(api: str, token: str, other: str, reader: str) -> None:
+def scenario_access(api: str, token: str, other: str, reader: str, writer: str) -> None:
     """The project from the URL or the token; MLflow-shaped 401/403/404."""
     with tracking(api, token, project=None) as client:  # the token has one project: churn
         assert client.get_experiment_by_name("churn-model") is not None
@@ -389,6 +389,16 @@ def scenario_access(api: str, token: str, other: str, reader: str) -> None:
     status, body = _http(f"{api}/mlflow/{PROJECT}/api/2.0/mlflow/experiments/create", reader,
                          {"name": "nope"})  # fmt: skip
     assert (status, body["error_code"]) == (403, "PERMISSION_DENIED")
+    assert "`write` scope" in body["message"]
+    # A token that may only write logs, but reads nothing.
+    status, body = _http(f"{api}/mlflow/{PROJECT}/api/2.0/mlflow/experiments/create", writer,
+                         {"name": "from-writer"})  # fmt: skip
+    assert status == 200
+    assert isinstance(body["experiment_id"], str)
+    status, body = _http(f"{api}/mlflow/{PROJECT}/api/2.0/mlflow/runs/search", writer,
+                         {"experiment_ids": [body["experiment_id"]]})  # fmt: skip
+    assert (status, body["error_code"]) == (403, "PERMISSION_DENIED")
+    assert "`read` scope" in body["message"]
     status, body = _http(f"{api}/mlflow/elsewhere/api/2.0/mlflow/experiments/get?experiment_id=0",
                          token)  # fmt: skip
     assert (status, body["error_code"]) == (403, "PERMISSION_DENIED")
@@ -409,7 +419,7 @@ def all_scenarios(api: str, tokens: dict[str, str]) -> int:
     scenario_search(api, token)
     scenario_history(api, token)
     scenario_lifecycle(api, token)
-    scenario_access(api, token, tokens["two"], tokens["reader"])
+    scenario_access(api, token, tokens["two"], tokens["reader"], tokens["writer"])
     return versions
 
 
@@ -418,6 +428,7 @@ async def _tokens(url: str) -> dict[str, str]:
         "churn": await _token(url),
         "two": await _token(url, projects=("churn", "other")),
         "reader": await _token(url, scopes=("read",)),
+        "writer": await _token(url, scopes=("write",)),
     }
 
 

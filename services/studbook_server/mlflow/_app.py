@@ -146,10 +146,12 @@ async def dispatch(deps: ApiDeps, request: Request) -> Response:
         endpoint, path_params = _match(request.method, path)
         principal = await _principal(deps, request)
         project = _choose_project(named, principal)
-        # Reads need `read`, writes `write` (checked again by the write path).
-        if not principal.has_scope("read"):
+        # Reads (GET, and the POST searches) need `read`, writes `write` (checked again by
+        # the write path), as in the rest of Studbook's API.
+        scope = "read" if request.method == "GET" or path.endswith("/search") else "write"
+        if not principal.has_scope(scope):
             raise MlflowError(
-                PERMISSION_DENIED, f"token `{principal.name}` lacks the `read` scope", 403
+                PERMISSION_DENIED, f"token `{principal.name}` lacks the `{scope}` scope", 403
             )
         params = await Params.read(request, deps.settings.max_body_bytes)
         ctx = Ctx(deps, request, project, principal, params, path_params)
