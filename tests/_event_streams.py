@@ -602,7 +602,10 @@ def _run_started(draw: Draw, world: _World, run: str, project: str) -> Ev:
 
 def _run_body(draw: Draw, world: _World, run: str, project: str) -> Ev:
     subject = f"run:{run}"
-    kind = _between(draw, 0, 7)
+    kind = _between(draw, 0, 8)
+    if kind == 8:
+        stage = _pick(draw, ("active", "deleted"))
+        return _ev(draw, "run.lifecycle.set", subject, {"lifecycle_stage": stage}, project)
     if kind == 6:
         return _ev(draw, "run.diff.recorded", subject, _diff(draw), project)
     if kind == 7:
@@ -750,7 +753,7 @@ def _model_lane(draw: Draw, world: _World, model: str, project: str) -> list[Ev]
     deployed: dict[str, int] = {}
     for _ in range(_between(draw, 0, 8)):
         kind = _pick(draw, ("register", "alias", "register", "alias", "unalias", "decide",
-                            "deploy", "undeploy"))  # fmt: skip
+                            "deploy", "undeploy", "update", "version_update"))  # fmt: skip
         # Mostly a version that exists, now and then the next one (not registered yet) or the
         # largest the schema admits.
         if _chance(draw, 5):
@@ -771,6 +774,26 @@ def _model_lane(draw: Draw, world: _World, model: str, project: str) -> list[Ev]
                 payload["signature"] = {"inputs": [{"name": "x", "type": "double"}]}
             registered += 1
             lane.append(_ev(draw, "model.version.registered", subject, payload, project, when))
+        elif kind == "update":  # MLflow's description, tags, deletion of a registered model
+            payload = {}
+            if _maybe(draw):
+                payload["description"] = _pick(draw, ("", "churn", _long("d", 10000)))
+            if _maybe(draw) or not payload:
+                payload["tags"] = {"team": _pick(draw, ("growth", None)), "k": _long("v", 8000)}
+            if _chance(draw, 4):
+                payload["deleted"] = True
+            lane.append(_ev(draw, "model.updated", subject, payload, project, when))
+        elif kind == "version_update":  # MLflow's stage, tags, description, deletion
+            payload = {"version": version}
+            if _maybe(draw):
+                payload["stage"] = _pick(draw, ("None", "Staging", "Production", "Archived"))
+            if _maybe(draw):
+                payload["tags"] = {"ok": _pick(draw, ("yes", None))}
+            if _maybe(draw):
+                payload["description"] = _pick(draw, ("", _long("d", 10000)))
+            if _chance(draw, 5):
+                payload["deleted"] = True
+            lane.append(_ev(draw, "model.version.updated", subject, payload, project, when))
         elif kind == "alias":
             payload = {"alias": _pick(draw, ALIASES), "version": version}
             lane.append(_ev(draw, "model.alias.set", subject, payload, project, when))
@@ -806,6 +829,72 @@ def _model_lane(draw: Draw, world: _World, model: str, project: str) -> list[Ev]
             _ev(draw, "model.created", subject, {"name": name}, project),
         )
     return _with_asides(draw, lane, subject, project)
+
+
+def _logged_model_lane(draw: Draw, world: _World, model_id: str, project: str) -> list[Ev]:
+    """An MLflow 3 logged model: created (or not: updates of an unknown one change nothing), its
+    files stored (about it, or about a run), its status and tags updated."""
+    subject = f"logged_model:{model_id}"
+    lane: list[Ev] = []
+    folder = f"1/models/{model_id}/artifacts"
+    if not _chance(draw, 5):
+        created: dict[str, Any] = {
+            "name": "model", "experiment": "1", "artifact_uri": f"mlflow-artifacts:/{folder}",
+            "status": "LOGGED_MODEL_PENDING",
+        }  # fmt: skip
+        if _maybe(draw):
+            created["run"] = _pick(draw, world.runs)
+        if _maybe(draw):
+            created["params"] = {"alpha": _pick(draw, ("0.5", _long("p", 8000)))}
+        if _maybe(draw):
+            created["tags"] = {"mlflow.user": "ada"}
+        lane.append(_ev(draw, "logged_model.created", subject, created, project))
+    for _ in range(_between(draw, 0, 4)):
+        if _maybe(draw):
+            on_run = _chance(draw, 3)
+            run = _pick(draw, world.runs)
+            path = _pick(draw, ("MLmodel", "model.skops", "sub/" + _long("f", 300)))
+            stored: dict[str, Any] = {
+                "path": f"1/{run}/artifacts/{path}" if on_run else f"{folder}/{path}",
+                "uri": _pick(draw, ("file:///var/lib/a", "s3://bucket/" + _long("k", 2000))),
+                "size_bytes": _pick(draw, (0, 512, 2**63 - 1)),
+                "digest": _pick(draw, DIGESTS),
+            }
+            stored.update({"run": run} if on_run else {"logged_model": model_id})
+            about = f"run:{run}" if on_run else subject
+            lane.append(_ev(draw, "artifact.stored", about, stored, project))
+        else:
+            update: dict[str, Any] = {}
+            if _maybe(draw):
+                update["status"] = _pick(draw, ("LOGGED_MODEL_READY", "LOGGED_MODEL_UPLOAD_FAILED"))
+            if _maybe(draw) or not update:
+                update["tags"] = {"mlflow.modelVersions": _pick(draw, ("[]", None)), "t": "x"}
+            lane.append(_ev(draw, "logged_model.updated", subject, update, project))
+    return lane
+
+
+def _experiment_lane(draw: Draw, experiment: str, project: str) -> list[Ev]:
+    """An MLflow experiment: created (or not: updates of an unknown one change nothing), then
+    renamed, deleted, restored, tagged."""
+    subject = f"experiment:{experiment}"
+    lane: list[Ev] = []
+    if not _chance(draw, 5):
+        created: dict[str, Any] = {"name": _pick(draw, ("churn", _long("e", 500)))}
+        if _maybe(draw):
+            created["artifact_location"] = _pick(draw, (f"mlflow-artifacts:/{experiment}",))
+        if _maybe(draw):
+            created["tags"] = {"team": _pick(draw, ("growth", _long("t", 5000)))}
+        lane.append(_ev(draw, "experiment.created", subject, created, project))
+    for _ in range(_between(draw, 0, 3)):
+        update: dict[str, Any] = {}
+        if _maybe(draw):
+            update["name"] = _pick(draw, ("churn-v2", "churn"))
+        if _maybe(draw):
+            update["lifecycle_stage"] = _pick(draw, ("active", "deleted"))
+        if _maybe(draw) or not update:
+            update["tags"] = {"team": _pick(draw, ("growth", None)), "stage": "x"}
+        lane.append(_ev(draw, "experiment.updated", subject, update, project))
+    return lane
 
 
 def _project_lane(draw: Draw, world: _World, project: str) -> list[Ev]:
@@ -851,6 +940,14 @@ def streams(draw: Draw) -> Stream:
     lanes += [_run_lane(draw, world, r, _pick(draw, world.projects)) for r in world.runs]
     lanes += [_dataset_lane(draw, world, d, _pick(draw, world.projects)) for d in world.datasets]
     lanes += [_model_lane(draw, world, m, _pick(draw, world.projects)) for m in world.models]
+    lanes += [
+        _experiment_lane(draw, x, _pick(draw, world.projects))
+        for x in ("1", "2")[: _between(draw, 0, 2)]
+    ]
+    lanes += [
+        _logged_model_lane(draw, world, m, _pick(draw, world.projects))
+        for m in ("m-0123456789abcdef0123456789abcdef", "m-1")[: _between(draw, 0, 2)]
+    ]
     lanes = [lane for lane in lanes if lane] or [_project_lane(draw, world, world.projects[0])]
 
     # Interleave: a permutation of lane labels, each lane's events taken in their order. The

@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
 # Not benchmarks: the shared helpers, and a projector command the throughput benchmark runs.
-NOT_BENCHMARKS = {"_common.py", "what_if_projector.py"}
+NOT_BENCHMARKS = {"_common.py", "what_if_projector.py"}  # (side_by_side.py and its modules:
+# tests/test_side_by_side.py)
 LIMIT_S = 120  # per benchmark; they take a few seconds each
 WHATIF_CMD = ".venv/bin/python bench/what_if_projector.py"
 EXTRAS = ("server", "kafka", "dev")
@@ -144,6 +145,7 @@ async def ran(
         freshness,
         storage,
         (graph, queries, search),
+        artifacts,
     ) = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
         _run([PYTHON, "bench/projector_throughput.py", "--tiny", *whatif_cmd], whatif_env),
@@ -154,6 +156,7 @@ async def ran(
         _run([PYTHON, "bench/freshness.py", "--tiny"], env),
         _run([PYTHON, "bench/metric_storage.py", "--tiny"], env),
         _graph_then_queries(graph_database, search_database, env),
+        _run([PYTHON, "bench/artifact_upload.py", "--tiny"], env),
     )
     runs = {
         "projector_throughput.py": projector,
@@ -166,6 +169,7 @@ async def ran(
         "graphql_queries.py": queries,
         "graphql_queries.py --scenario search": search,
         "metric_storage.py": storage,
+        "artifact_upload.py": artifacts,
     }
     each = ", ".join(f"{name} {r.seconds:.1f} s" for name, r in runs.items())
     print(
@@ -350,6 +354,18 @@ def test_freshness(ran: dict[str, Ran]) -> None:
     assert report["repeat"] == 1
     assert set(report["configs"]) == {"old", "new"}
     assert report["configs"]["new"] == {}, "the new configuration is the defaults"
+def test_artifact_upload(ran: dict[str, Ran]) -> None:
+    report = ran["artifact_upload.py"].report()
+    _positive(
+        report,
+        "proxy_mib_per_s_median",
+        "baseline_mib_per_s_median",
+        "proxy_vs_baseline",
+        "server_peak_rss_mib_after",
+    )
+    assert report["stored_bytes"] == report["file_mib"] * 1024 * 1024
+    # The proxy streams: its peak memory grows by far less than the file it stored.
+    assert report["server_peak_rss_growth_vs_file"] < 0.9
 
 
 def test_lineage_graph(ran: dict[str, Ran]) -> None:
@@ -455,7 +471,9 @@ def _top_level_imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
 def test_bench_imports_only_what_the_venv_extras_install(script: str) -> None:
     declared = _installed_by_extras()
-    ours = {"studbook", "studbook_server", "_common", "bench", "tests"}
+    # bench/'s own modules (`_common`, `_mlflow_env`, ...) and the side-by-side harness they serve.
+    ours = {"studbook", "studbook_server", "bench", "tests", "side_by_side"}
+    ours |= {p.stem for p in BENCH.glob("_*.py")}
     distributions = _distributions()
     problems = []
     for name in sorted(_top_level_imports(BENCH / script)):

@@ -135,6 +135,25 @@ def _max_events() -> list[dict[str, Any]]:
         }),
         e("model.version.undeployed", model, {"version": 1, "environment": ENVIRONMENT}),
         e("model.alias.removed", model, {"alias": ALIAS}),
+        e("model.updated", model, {
+            "description": wide(10000), "tags": {TAG_KEY: wide(8000)},
+        }),
+        e("model.version.updated", model, {
+            "version": 1, "description": wide(10000), "tags": {TAG_KEY: wide(8000)},
+            "stage": "Production",
+        }),
+        e("logged_model.created", "logged_model:" + RUN, {
+            "name": wide(500), "experiment": wide(500), "run": RUN, "artifact_uri": wide(2048),
+            "status": "LOGGED_MODEL_PENDING", "model_type": wide(500),
+            "params": {TAG_KEY: wide(8000)}, "tags": {TAG_KEY: wide(8000)},
+        }),
+        e("logged_model.updated", "logged_model:" + RUN, {
+            "status": "LOGGED_MODEL_READY", "tags": {TAG_KEY: wide(8000)},
+        }),
+        e("artifact.stored", run, {
+            "path": wide(2048), "uri": wide(4096), "size_bytes": 2**63 - 1,
+            "digest": "sha256:" + "f" * 64, "run": RUN,
+        }),
         e("annotation.added", run, {
             "text": wide(10000), "labels": {wide(250): wide(1000) for _ in range(3)},
         }),
@@ -148,6 +167,13 @@ def _max_events() -> list[dict[str, Any]]:
         e("openlineage.event.reported", run, {
             "kind": "RunEvent", "event": {wide(250): wide(5000)},
         }),
+        e("experiment.created", "experiment:" + named(128, ALNUM, ALNUM + "._-"), {
+            "name": wide(500), "artifact_location": wide(2048), "tags": {TAG_KEY: TAG_VALUE},
+        }),
+        e("experiment.updated", "experiment:" + named(128, ALNUM, ALNUM + "._-"), {
+            "name": wide(500), "lifecycle_stage": "deleted", "tags": {TAG_KEY: TAG_VALUE},
+        }),
+        e("run.lifecycle.set", run, {"lifecycle_stage": "deleted"}),
         e("run.diff.recorded", run, {
             "digest": "sha256:" + hashlib.sha256(DIFF.encode()).hexdigest(),
             "size_bytes": len(DIFF.encode()), "encoding": "utf-8", "diff": DIFF,

@@ -112,6 +112,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return _run(import_main(args.file, args.data_dir))
 
 
+def _cmd_import_mlflow(args: argparse.Namespace) -> int:
+    import os
+
+    from studbook_server.mlflow.importer import import_main as import_mlflow_main
+
+    token = args.token or os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return _run(import_mlflow_main(args.source, args.project, token, args.data_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studbook-server",
@@ -202,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None, help="file to write (default: standard output)")
     imp = add("import-events", _cmd_import, "append the events of an NDJSON export (idempotent)")
     imp.add_argument("file", help="an NDJSON file written by export-events")
+    mlf = add(
+        "import-mlflow", _cmd_import_mlflow,
+        "copy an MLflow tracking server's experiments and runs into a project (idempotent)",
+    )  # fmt: skip
+    mlf.add_argument(
+        "--from", dest="source", required=True, metavar="URL",
+        help="the MLflow tracking server, e.g. http://mlflow-host:5000",
+    )  # fmt: skip
+    mlf.add_argument("--project", required=True, help="the Studbook project to import into")
+    mlf.add_argument(
+        "--token", default=None,
+        help="a bearer token for the MLflow server (default: MLFLOW_TRACKING_TOKEN)",
+    )  # fmt: skip
     token = add("token", _cmd_token, "create, list and revoke API tokens")
     tsub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = tsub.add_parser("create", help="create a token and print it (shown once)")
@@ -218,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = tsub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     for p in (
-        sub.choices["migrate"], verify, seal, status, sub.choices["rebuild"], export, imp, create,
+        sub.choices["migrate"], verify, seal, status, sub.choices["rebuild"], export, imp, mlf,
+        create,
         tsub.choices["list"], revoke,
     ):  # fmt: skip
         p.add_argument(

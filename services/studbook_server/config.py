@@ -36,6 +36,9 @@ class Settings:
     batch_idle_ms: int = 5
     # How long the broker holds a consumer's fetch that finds nothing (aiokafka's default: 500).
     fetch_max_wait_ms: int = 100
+    # Where the MLflow artifact proxy keeps files: a folder or an fsspec URL (file://, s3://,
+    # gs://, az://, ...); empty: the `artifacts` folder of the data directory (docs/mlflow.md).
+    artifact_root: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -70,4 +73,5 @@ def load_settings(env_file: str | None = None) -> Settings:
         batch_latency_ms=config("BATCH_LATENCY_MS", cast=int, default=25),
         batch_idle_ms=config("BATCH_IDLE_MS", cast=int, default=5),
         fetch_max_wait_ms=config("FETCH_MAX_WAIT_MS", cast=int, default=100),
+        artifact_root=config("ARTIFACT_ROOT", cast=str, default=""),
     )

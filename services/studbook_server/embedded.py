@@ -167,6 +167,8 @@ def run_up(
             url, folder = stack.enter_context(embedded_database(data_dir, throwaway, pg_port))
             settings = replace(settings, database_url=url)
             where = "embedded PostgreSQL, " + ("throwaway" if throwaway else str(folder))
+        if not settings.artifact_root:  # MLflow's artifacts live in the data folder `up` uses
+            settings = replace(settings, artifact_root=str(folder / "artifacts"))
         token = None
         if not settings.auth_disabled:
             token = local_token(settings, folder / "local-admin-token")

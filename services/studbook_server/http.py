@@ -1,7 +1,8 @@
 """The HTTP side: one Starlette app per role, composed here.
 
 - `ingest`: the gateway (`/v1/events`, `/v1/consistency`), publishing to Kafka.
-- `api`: the GraphQL API, and OpenLineage in (`POST /api/v1/lineage`, studbook_server/openlineage).
+- `api`: the GraphQL API, OpenLineage in (`POST /api/v1/lineage`, studbook_server/openlineage)
+  and MLflow's REST API (`/mlflow/<project>/api/...`, studbook_server/mlflow).
 - `up`: everything in one process on the embedded default: the gateway appends to the event store,
   a background tailer projects it, and the API reads it (no Kafka).
 
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from studbook_server import auth, ingest, openlineage
+from studbook_server import auth, ingest, mlflow, openlineage
 from studbook_server.adapters import postgres
 from studbook_server.adapters.publish import KafkaPublisher, Publisher, StorePublisher
 from studbook_server.config import Settings, load_settings
@@ -192,6 +193,7 @@ def build_app(role: str, settings: Settings, *, sign_in: SignInCodes | None = No
     if role in ("api", "up"):
         routes += graphql_routes(current_api_deps)
         routes += openlineage.routes(current_api_deps)  # POST /api/v1/lineage (docs/openlineage.md)
+        routes += mlflow.routes(current_api_deps)  # /mlflow/<project>/api/... (docs/mlflow.md)
         routes += ui_routes(sign_in)  # the web UI at `/` (studbook_server/ui)
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -41,7 +41,7 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 EVENT_ID = "3f2b1c9e-8d4a-4e6b-9f1a-2c3d4e5f6a7b"
 RUN_ID = "0b6f7a52-3c1d-4e8f-9a2b-5c6d7e8f9a0b"
 DIGEST = "sha256:" + "ab" * 32
-PAYLOAD_FILE = re.compile(r"^(?P<type>[a-z.]+)\.v(?P<version>[1-9][0-9]*)\.schema\.json$")
+PAYLOAD_FILE = re.compile(r"^(?P<type>[a-z_.]+)\.v(?P<version>[1-9][0-9]*)\.schema\.json$")
 
 # A valid payload at the current version of every type, exercising most optional fields.
 VALID_PAYLOADS: Mapping[str, dict[str, Any]] = {
@@ -121,6 +121,27 @@ VALID_PAYLOADS: Mapping[str, dict[str, Any]] = {
     "model.version.undeployed": {"version": 2, "environment": "production"},
     "annotation.added": {"text": "Loss spikes at step 12000.", "labels": {"kind": "incident"}},
     "subject.redacted": {"reason": "GDPR request", "fields": ["host", "code.git_repo"]},
+    "experiment.created": {"name": "churn", "artifact_location": "mlflow-artifacts:/1"},
+    "experiment.updated": {"name": "churn-v2", "lifecycle_stage": "deleted", "tags": {"t": None}},
+    "run.lifecycle.set": {"lifecycle_stage": "deleted"},
+    "artifact.stored": {
+        "path": "1/r1/artifacts/model/MLmodel",
+        "uri": "file:///var/lib/studbook/artifacts/vision/1/r1/artifacts/model/MLmodel",
+        "size_bytes": 512,
+        "digest": DIGEST,
+        "run": "r1",
+    },
+    "logged_model.created": {
+        "name": "model",
+        "experiment": "1",
+        "artifact_uri": "mlflow-artifacts:/1/models/m-0123/artifacts",
+        "status": "LOGGED_MODEL_PENDING",
+        "params": {"alpha": "0.5"},
+        "tags": {"mlflow.user": "alice"},
+    },
+    "logged_model.updated": {"status": "LOGGED_MODEL_READY", "tags": {"stale": None}},
+    "model.updated": {"description": "Churn classifier", "tags": {"team": "growth"}},
+    "model.version.updated": {"version": 3, "stage": "Production", "tags": {"ok": "yes"}},
     "openlineage.event.reported": {
         "kind": "DatasetEvent",
         "event": {"dataset": {"namespace": "s3://lake", "name": "features/churn"}},
@@ -136,6 +157,9 @@ SUBJECTS: Mapping[str, str] = {
     "annotation": f"run:{RUN_ID}",
     "subject": "dataset:imagenet-subset",
     "openlineage": f"run:{RUN_ID}",
+    "artifact": f"run:{RUN_ID}",
+    "logged_model": "logged_model:m-0123456789abcdef0123456789abcdef",
+    "experiment": "experiment:1",
 }
 
 # Keywords fastjsonschema enforces (dependentRequired via the draft-07 translation), plus

@@ -273,6 +273,86 @@ INSERT INTO lineage_edges (project, edge_type, src, dst, role, valid_from, recor
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING
 """
 
+# MLflow's facts (schema/sql/0012_mlflow_registry.sql). The newest store of a path wins.
+_ARTIFACT = """
+INSERT INTO artifacts AS t (project, path, subject, uri, size_bytes, digest, stored_by, stored_at,
+                            recorded_at, event_id, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (project, md5(path)) DO UPDATE SET
+    subject = EXCLUDED.subject, uri = EXCLUDED.uri, size_bytes = EXCLUDED.size_bytes,
+    digest = EXCLUDED.digest, stored_by = EXCLUDED.stored_by, stored_at = EXCLUDED.stored_at,
+    recorded_at = EXCLUDED.recorded_at, event_id = EXCLUDED.event_id, position = EXCLUDED.position
+WHERE EXCLUDED.position > t.position
+"""
+
+_LOGGED_MODEL = """
+INSERT INTO logged_models (project, model_id, name, experiment, run_id, artifact_uri, status,
+                           model_type, params, tags, created_by, created_at, updated_at,
+                           recorded_at, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+ON CONFLICT (project, model_id) DO NOTHING
+"""
+
+# Tags merge; a null value removes the tag (jsonb_strip_nulls drops it: values are strings). An
+# update recorded before the model's creation changes nothing, in whatever batch either lands.
+_LOGGED_MODEL_UPDATE = """
+UPDATE logged_models SET status = coalesce($3, status),
+    tags = CASE WHEN $4::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $4::jsonb) END,
+    updated_at = GREATEST(updated_at, $5)
+WHERE project = $1 AND model_id = $2 AND position < $6
+"""
+
+_MODEL_UPDATE = """
+UPDATE models SET description = CASE WHEN $4 THEN $3 ELSE description END,
+    tags = CASE WHEN $5::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $5::jsonb) END,
+    deleted_at = CASE WHEN $6 THEN $8 WHEN $7 THEN NULL ELSE deleted_at END,
+    updated_at = CASE WHEN $7 THEN updated_at ELSE $8 END
+WHERE project = $1 AND name = $2
+"""
+
+# Deleting a registered model deletes its versions (those numbered by then).
+_MODEL_VERSIONS_DELETED = """
+UPDATE model_versions SET deleted_at = $3
+WHERE project = $1 AND model = $2 AND number <= $4 AND deleted_at IS NULL
+"""
+
+_VERSION_UPDATE = """
+UPDATE model_versions SET description = CASE WHEN $5 THEN $4 ELSE description END,
+    tags = CASE WHEN $6::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $6::jsonb) END,
+    stage = coalesce($7, stage),
+    deleted_at = CASE WHEN $8 THEN $9 ELSE deleted_at END,
+    updated_at = $9
+WHERE project = $1 AND model = $2 AND number = $3
+"""
+
+# MLflow tracking (schema/sql/0011_mlflow_tracking.sql).
+_EXPERIMENT = """
+INSERT INTO experiments (project, experiment_id, name, artifact_location, tags, created_by,
+                         created_at, updated_at, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+ON CONFLICT (project, experiment_id) DO NOTHING
+"""
+
+# Tags merge; a null value removes the tag (jsonb_strip_nulls drops it: values are strings).
+_EXPERIMENT_UPDATE = """
+UPDATE experiments SET name = coalesce($3, name),
+    lifecycle_stage = coalesce($4, lifecycle_stage),
+    deleted_at = CASE WHEN $4::text = 'deleted' THEN $6::timestamptz
+                      WHEN $4::text = 'active' THEN NULL ELSE deleted_at END,
+    tags = CASE WHEN $5::jsonb IS NULL THEN tags ELSE jsonb_strip_nulls(tags || $5::jsonb) END,
+    updated_at = GREATEST(updated_at, $6::timestamptz)
+WHERE project = $1 AND experiment_id = $2
+"""
+
+_RUN_LIFECYCLE = """
+INSERT INTO run_lifecycle AS t (project, run_id, lifecycle_stage, changed_at, position)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (project, run_id) DO UPDATE SET
+    lifecycle_stage = EXCLUDED.lifecycle_stage, changed_at = EXCLUDED.changed_at,
+    position = EXCLUDED.position
+WHERE EXCLUDED.position > t.position
+"""
+
 _DEAD_LETTER = """
 INSERT INTO public.dead_letters (event_id, position, source, reason, raw)
 VALUES ($1, $2, 'store', $3, $4)
@@ -546,6 +626,26 @@ async def write_changes(con: Connection, ch: Changes) -> None:
         await con.executemany(_APPROVAL, ch.approvals)
     if ch.annotations:
         await con.executemany(_ANNOTATION, ch.annotations)
+    if ch.artifacts:
+        await con.executemany(_ARTIFACT, list(ch.artifacts.values()))
+    if ch.logged_models:
+        await con.executemany(_LOGGED_MODEL, ch.logged_models)
+    if ch.logged_model_updates:  # after the inserts, in event order
+        await con.executemany(_LOGGED_MODEL_UPDATE, ch.logged_model_updates)
+    if ch.model_updates:
+        await con.executemany(_MODEL_UPDATE, [r[:8] for r in ch.model_updates])
+    if ch.version_updates:
+        await con.executemany(_VERSION_UPDATE, ch.version_updates)
+    if ch.model_updates:  # after the versions' own updates: a deletion wins
+        deleted = [(r[0], r[1], r[7], r[8]) for r in ch.model_updates if r[5]]
+        if deleted:
+            await con.executemany(_MODEL_VERSIONS_DELETED, deleted)
+    if ch.experiments:
+        await con.executemany(_EXPERIMENT, ch.experiments)
+    if ch.experiment_updates:  # after the inserts, in event order
+        await con.executemany(_EXPERIMENT_UPDATE, ch.experiment_updates)
+    if ch.run_lifecycle:  # in event order; the newest position wins
+        await con.executemany(_RUN_LIFECYCLE, ch.run_lifecycle)
     if ch.edges:
         await con.executemany(_EDGE, list(ch.edges.values()))
     if ch.facets:

@@ -73,6 +73,14 @@ CURRENT_VERSIONS: Mapping[str, int] = MappingProxyType(
         "annotation.added": 1,
         "subject.redacted": 1,
         "openlineage.event.reported": 1,
+        "artifact.stored": 1,
+        "logged_model.created": 1,
+        "logged_model.updated": 1,
+        "model.updated": 1,
+        "model.version.updated": 1,
+        "experiment.created": 1,
+        "experiment.updated": 1,
+        "run.lifecycle.set": 1,
     }
 )
 EVENT_TYPES: tuple[str, ...] = tuple(CURRENT_VERSIONS)
@@ -259,8 +267,8 @@ _PATTERN_HINTS: Mapping[str, str] = MappingProxyType(
             "1 to 63 lowercase letters, digits, '_' or '-', starting with a letter"
         ),
         "^[0-9a-f]{7,64}$": "a git commit hash: 7 to 64 lowercase hex digits",
-        "^(project|dataset|run|model):[^\\s].*$": (
-            "'<kind>:<id>' where kind is project, dataset, run or model"
+        "^(project|dataset|run|model|logged_model|experiment):[^\\s].*$": (
+            "'<kind>:<id>' where kind is project, dataset, run, model, logged_model or experiment"
         ),
     }
 )
@@ -522,6 +530,8 @@ _SUBJECT_SHAPES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "dataset": (f"dataset:{_NAME}", "'dataset:<dataset name>'"),
         "run": (f"run:{_RUN_ID}", "'run:<run id>'"),
         "model": (f"model:{_NAME}", "'model:<model name>'"),
+        "logged_model": (f"logged_model:{_RUN_ID}", "'logged_model:<logged model id>'"),
+        "experiment": (f"experiment:{_RUN_ID}", "'experiment:<experiment id>'"),
     }
 )
 
@@ -531,7 +541,8 @@ def _subject_rule(event_type: str) -> tuple[re.Pattern[str], str]:
     if family in _SUBJECT_SHAPES:
         shape, hint = _SUBJECT_SHAPES[family]
         return re.compile(shape), hint
-    # annotation.added, subject.redacted and openlineage.event.reported are about any aggregate.
+    # annotation.added, subject.redacted, openlineage.event.reported and artifact.stored are
+    # about any aggregate.
     shapes = [shape for shape, _hint in _SUBJECT_SHAPES.values()]
     hints = [hint for _shape, hint in _SUBJECT_SHAPES.values()]
     return re.compile("|".join(shapes)), _either(hints)

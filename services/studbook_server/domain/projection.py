@@ -314,6 +314,18 @@ class Changes:
     # OpenLineage facets, the newest report of each (project, node, scope, facet name).
     facets: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
     redactions: list[Redaction] = field(default_factory=list)
+    # MLflow's facts (docs/mlflow.md): stored artifacts (the newest store of each (project,
+    # path)), logged models, and updates applied in event order after the rows they update.
+    artifacts: dict[tuple[str, str], Row] = field(default_factory=dict)
+    logged_models: list[Row] = field(default_factory=list)
+    logged_model_updates: list[Row] = field(default_factory=list)
+    model_updates: list[Row] = field(default_factory=list)
+    version_updates: list[Row] = field(default_factory=list)
+    # MLflow tracking (docs/mlflow.md): experiments, their updates and run deletions, applied in
+    # event order after the rows they update.
+    experiments: list[Row] = field(default_factory=list)
+    experiment_updates: list[Row] = field(default_factory=list)
+    run_lifecycle: list[Row] = field(default_factory=list)
     rejected: list[tuple[StoredEvent, str]] = field(default_factory=list)
     last_position: int = 0
 
@@ -367,6 +379,9 @@ class Changes:
                     else:
                         named.setdefault(named_key, row)
                 theirs.clear()
+        if one.artifacts:
+            self.artifacts.update(one.artifacts)
+            one.artifacts.clear()
         if one.edges:
             for edge, row in one.edges.items():
                 self.edges.setdefault(edge, row)
@@ -390,13 +405,15 @@ _APPENDED = (
     "runs_started", "runs_finished", "outputs", "dataset_versions",
     "dataset_versions_reported", "dataset_versions_filled",
     "model_versions", "approvals", "annotations", "redactions", "rejected",
+    "logged_models", "logged_model_updates", "model_updates", "version_updates",
+    "experiments", "experiment_updates", "run_lifecycle",
 )  # fmt: skip
 
 
 _ALL_FIELDS = (
     *_APPENDED, "projects", "params", "tags_set", "tags_removed", "metric_points",
     "metric_summaries", "datasets",
-    "models", "assignments_new", "assignments_closed", "edges", "facets",
+    "models", "assignments_new", "assignments_closed", "edges", "facets", "artifacts",
 )  # fmt: skip
 
 
@@ -841,6 +858,33 @@ def _run_finished(s: StoredEvent, state: State, ch: Changes) -> None:
     )
 
 
+def _run_lifecycle_set(s: StoredEvent, state: State, ch: Changes) -> None:
+    e = s.event
+    ch.run_lifecycle.append(
+        (e.project, e.subject_key, e.payload["lifecycle_stage"], e.occurred_at, s.position)
+    )
+
+
+def _experiment_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.experiments.append(
+        (
+            e.project, e.subject_key, p["name"], p.get("artifact_location"), p.get("tags", {}),
+            s.who, e.occurred_at, s.recorded_at,
+        )
+    )  # fmt: skip
+
+
+def _experiment_updated(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.experiment_updates.append(
+        (
+            e.project, e.subject_key, p.get("name"), p.get("lifecycle_stage"), p.get("tags"),
+            e.occurred_at,
+        )
+    )  # fmt: skip
+
+
 def _model_row(s: StoredEvent, description: str | None, explicit: bool) -> Row:
     e = s.event
     return (e.project, e.subject_key, description, s.who, e.occurred_at, s.recorded_at, explicit)
@@ -853,6 +897,13 @@ def _model_created(s: StoredEvent, state: State, ch: Changes) -> None:
             f"`model.created` name `{e.payload['name']}` differs from its subject `{e.subject}`"
         )
     ch.models[(e.project, e.subject_key)] = _model_row(s, e.payload.get("description"), True)
+    # A name created again after `model.updated` deleted it is back (its old versions stay
+    # deleted); its description is set in event order with those of `model.updated`, so the
+    # outcome does not depend on which batch either lands in.
+    ch.model_updates.append(
+        (e.project, e.subject_key, e.payload.get("description"), True, None, False, True,
+         e.occurred_at, 0)
+    )  # fmt: skip
 
 
 def _model_version_registered(s: StoredEvent, state: State, ch: Changes) -> None:
@@ -1018,12 +1069,66 @@ def _annotation_added(s: StoredEvent, state: State, ch: Changes) -> None:
     )
 
 
+def _artifact_stored(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.artifacts[(e.project, p["path"])] = (
+        e.project, p["path"], e.subject, p["uri"], p["size_bytes"], p["digest"], s.who,
+        e.occurred_at, s.recorded_at, e.event_id, s.position,
+    )  # fmt: skip
+
+
+def _logged_model_created(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.logged_models.append(
+        (
+            e.project, e.subject_key, p["name"], p["experiment"], p.get("run"), p["artifact_uri"],
+            p["status"], p.get("model_type"), p.get("params", {}), p.get("tags", {}), s.who,
+            e.occurred_at, e.occurred_at, s.recorded_at, s.position,
+        )
+    )  # fmt: skip
+
+
+def _logged_model_updated(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.logged_model_updates.append(
+        (e.project, e.subject_key, p.get("status"), p.get("tags"), e.occurred_at, s.position)
+    )
+
+
+def _model_updated(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    ch.models.setdefault((e.project, e.subject_key), _model_row(s, None, False))
+    ch.model_updates.append(
+        (
+            e.project, e.subject_key, p.get("description"), "description" in p, p.get("tags"),
+            bool(p.get("deleted")), False, e.occurred_at,
+            # the versions a deletion covers: those numbered by then
+            state.model_numbers.get((e.project, e.subject_key), 0),
+        )
+    )  # fmt: skip
+
+
+def _model_version_updated(s: StoredEvent, state: State, ch: Changes) -> None:
+    e, p = s.event, s.event.payload
+    _require_version(s, state, p["version"])
+    ch.version_updates.append(
+        (
+            e.project, e.subject_key, p["version"], p.get("description"), "description" in p,
+            p.get("tags"), p.get("stage"), bool(p.get("deleted")), e.occurred_at,
+        )
+    )  # fmt: skip
+
+
 # Fields that identify things or carry lineage: erasing them, or anything inside them, would
 # break the history itself. Redaction is for personal data (hosts, repository URLs, free text).
 NOT_REDACTABLE = frozenset({
     "name", "version", "digest", "dataset", "run", "alias", "environment", "status", "metrics",
     "params", "tags", "role", "parents", "produced_by_run", "artifact_uri", "uri", "parent_run",
     "fields", "reproduces",
+    # artifact.stored, logged_model.*: where a file is and what it belongs to
+    "path", "logged_model", "experiment", "size_bytes",
+    # model.updated, model.version.updated: lifecycle facts the read models act on
+    "deleted", "stage",
     # openlineage.event.reported: what kind of OpenLineage event it keeps
     "kind",
 })  # fmt: skip
@@ -1079,6 +1184,9 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "run.output.produced": _run_output_produced,
     "run.finished": _run_finished,
     "run.diff.recorded": _run_diff_recorded,
+    "run.lifecycle.set": _run_lifecycle_set,
+    "experiment.created": _experiment_created,
+    "experiment.updated": _experiment_updated,
     "model.created": _model_created,
     "model.version.registered": _model_version_registered,
     "model.alias.set": _model_alias_set,
@@ -1090,4 +1198,9 @@ _RULES: dict[str, Callable[[StoredEvent, State, Changes], None]] = {
     "annotation.added": _annotation_added,
     "subject.redacted": _subject_redacted,
     "openlineage.event.reported": _openlineage_event_reported,
+    "artifact.stored": _artifact_stored,
+    "logged_model.created": _logged_model_created,
+    "logged_model.updated": _logged_model_updated,
+    "model.updated": _model_updated,
+    "model.version.updated": _model_version_updated,
 }
