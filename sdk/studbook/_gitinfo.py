@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -253,24 +254,14 @@ def find_git_dir(start: Path) -> tuple[Path, Path] | None:
     """(work tree root, git directory) of the repository around ``start``, found without running
     git: the nearest ``.git`` directory, or ``.git`` file (``gitdir: ...``: a linked worktree, a
     submodule) above it."""
-    for where in (start, *start.parents):
-        dotgit = where / ".git"
-        try:
-            if dotgit.is_dir():
-                return where, dotgit
-            if not dotgit.is_file():
-                continue
-            text = dotgit.read_text("utf-8", "replace")
-        except OSError:
-            return None
-        if not text.startswith("gitdir:"):
-            return None
-        gitdir = Path(text[len("gitdir:") :].strip())
-        return where, gitdir if gitdir.is_absolute() else where / gitdir
-    return None
+    found = _find(str(start))
+    return None if found is None else (Path(found[0]), Path(found[2]))
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+_Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: str) -> _Stamp:
     try:
         st = os.stat(path)
     except OSError:
@@ -278,35 +269,74 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(4096).strip()
+    except OSError:
+        return None
+
+
+# Small file contents read by the key, by (path, stat): read again only when the stat changes.
+_contents: dict[tuple[str, _Stamp], str | None] = {}
+
+
+def _read_cached(path: str, stamp: _Stamp) -> str | None:
+    key = (path, stamp)
+    if key not in _contents:
+        if len(_contents) > 256:
+            _contents.clear()
+        _contents[key] = _read(path) if stamp is not None else None
+    return _contents[key]
+
+
+def _find(start: str) -> tuple[str, _Stamp, str, str] | None:
+    """(root, stat of its .git, git directory, common directory) around ``start``."""
+    where = os.path.abspath(start)
+    while True:
+        dotgit = os.path.join(where, ".git")
+        try:
+            st = os.stat(dotgit)
+        except OSError:
+            parent = os.path.dirname(where)
+            if parent == where:
+                return None
+            where = parent
+            continue
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stat.S_ISDIR(st.st_mode):
+            return where, stamp, dotgit, dotgit
+        text = _read_cached(dotgit, stamp)
+        if text is None or not text.startswith("gitdir:"):
+            return None
+        gitdir = os.path.join(where, text[len("gitdir:") :].strip())  # kept if absolute
+        shared = _read_cached(os.path.join(gitdir, "commondir"), _stamp(gitdir))
+        common = os.path.join(gitdir, shared) if shared else gitdir
+        return where, stamp, gitdir, common
+
+
 def snapshot_key(where: Path | None = None) -> tuple[object, ...]:
-    """What a capture depends on, cheaply: equal keys, equal captures (but for unstaged edits)."""
-    start = where or _start_dir()
+    """What a capture depends on, cheaply (a few ``stat`` calls): equal keys, equal captures
+    (but for edits that are not staged)."""
+    start = str(where or _start_dir())
     try:
         cwd = os.getcwd()
     except OSError:
         cwd = None
     env = tuple(os.environ.get(k) for k in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"))
-    base: tuple[object, ...] = (str(start), cwd, tuple(sys.argv), _main_module(), env)
-    found = find_git_dir(start)
+    base: tuple[object, ...] = (start, cwd, tuple(sys.argv), _main_module(), env)
+    found = _find(start)
     if found is None:
         return (*base, None)
-    root, gitdir = found
-    common = gitdir
-    try:
-        shared = (gitdir / "commondir").read_text("utf-8", "replace").strip()
-        common = Path(shared) if Path(shared).is_absolute() else gitdir / shared
-    except OSError:
-        pass  # not a linked worktree: refs live in the git directory itself
-    try:
-        head = (gitdir / "HEAD").read_text("utf-8", "replace").strip()
-    except OSError:
-        head = ""
-    files = [gitdir / "HEAD", gitdir / "index", common / "packed-refs", common / "config"]
+    root, dotgit, gitdir, common = found
+    head_path = os.path.join(gitdir, "HEAD")
+    head_stamp = _stamp(head_path)
+    head = _read_cached(head_path, head_stamp) or ""
+    files = [os.path.join(gitdir, "index"), os.path.join(common, "packed-refs")]
+    files.append(os.path.join(common, "config"))
     if head.startswith("ref:"):
-        ref = head[len("ref:") :].strip()
-        files.append(common / ref)
-        files.append(gitdir / ref)  # per-worktree refs (rare)
-    return (*base, str(root), head, tuple(_stamp(f) for f in files))
+        files.append(os.path.join(common, head[len("ref:") :].strip()))  # the branch's ref
+    return (*base, root, dotgit, head, head_stamp, tuple(_stamp(f) for f in files))
 
 
 _cached: tuple[tuple[object, ...], Snapshot] | None = None

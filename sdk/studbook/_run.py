@@ -460,8 +460,8 @@ class Run:
         network. :func:`studbook.flush` (and the interpreter's exit) waits for their delivery.
         Raises :class:`~studbook.EventRejected` for a refusal the gateway has already answered;
         a later one is raised by the next SDK call that reports refusals (``flush``, the next
-        ``log_metric``, ``start_run``...). In a process forked from the one that configured
-        the SDK (whose exit may skip ``atexit``), ``finish`` waits for delivery as ``flush``.
+        ``log_metric``, ``start_run``...). In a forked process or a ``multiprocessing`` worker
+        (whose end may skip ``atexit``), ``finish`` waits for delivery as ``flush`` does.
         """
         if status not in ("completed", "failed", "killed"):
             raise ValueError(f"status must be completed, failed or killed, got {status!r}")
