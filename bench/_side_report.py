@@ -218,7 +218,14 @@ def compat_markdown(compat: Mapping[str, Any]) -> str:
 def markdown(report: Mapping[str, Any]) -> str:
     w, m = report["workload"], report["machine"]
     page = w["search_page"]
-    load = m["loadavg_start_end"]
+    load = [" / ".join(f"{x:g}" for x in v) for v in m["loadavg_start_end"]]
+    busy = max(v[0] for v in m["loadavg_start_end"]) > (m["cpus"] or 1)
+    noise = (
+        " The 1-minute load average was above the CPU count: other work shared the host during"
+        " the run, which slows every system; compare the ratios more than the absolute figures."
+        if busy
+        else " The host is shared: compare the ratios more than the absolute figures."
+    )
     return f"""# Benchmarks: Studbook beside MLflow
 
 Written by `bench/side_by_side.py` (do not edit by hand; rerun it). Last run {report["finished_at"]}:
@@ -286,6 +293,5 @@ MLflow-compatible surface (`MLFLOW_TRACKING_URI=http://host:port/mlflow/<project
 {m["cpus"]} CPUs, {m["memory_gib"]} GiB of memory, Python {m["python"]}, PostgreSQL {m["postgres"]},
 MLflow {m["mlflow_version"]}; code at commit `{m["code"].get("commit")}`
 (uncommitted changes: {m["code"].get("uncommitted_changes")}). Load average (1, 5, 15 min) before
-{load[0]}, after {load[1]}. The host is shared: compare the ratios more than the absolute figures.
-The harness took {report["wall_s"]:.0f} s.
+{load[0]}, after {load[1]}.{noise} The harness took {report["wall_s"]:.0f} s.
 """

@@ -570,6 +570,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-compat", action="store_true",
         help="skip the MLflow client against Studbook's MLflow-compatible surface",
     )  # fmt: skip
+    p.add_argument(
+        "--render-from", type=Path, default=None, metavar="JSON",
+        help="measure nothing: write --docs from a report this command printed before",
+    )  # fmt: skip
     p.add_argument("--bootstrap", default=os.environ.get("STUDBOOK_KAFKA_BOOTSTRAP"))
     p.add_argument(
         "--database-url", default=os.environ.get("STUDBOOK_DATABASE_URL"),
@@ -698,6 +702,10 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render_from is not None:
+        args.docs.write_text(report_md.markdown(json.loads(args.render_from.read_text())))
+        log(f"wrote {args.docs} from {args.render_from}")
+        return 0
     if not SERVER.exists():
         print(f"{SERVER} not found: install the project into .venv first", file=sys.stderr)
         return 2

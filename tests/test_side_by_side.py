@@ -226,3 +226,17 @@ def test_probe_for_the_mlflow_surface(status: int, body: bytes, available: bool)
 def test_redact_hides_only_the_password() -> None:
     assert redact("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_render_from_a_saved_report_writes_the_same_markdown(
+    tiny_run: dict[str, Any], tmp_path: Path
+) -> None:
+    saved = tmp_path / "report.json"
+    saved.write_text(tiny_run["stdout"])
+    out = tmp_path / "again.md"
+    done = subprocess.run(
+        [sys.executable, "bench/side_by_side.py", "--render-from", str(saved), "--docs", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == tiny_run["docs"].read_text()
