@@ -354,6 +354,8 @@ def test_freshness(ran: dict[str, Ran]) -> None:
     assert report["repeat"] == 1
     assert set(report["configs"]) == {"old", "new"}
     assert report["configs"]["new"] == {}, "the new configuration is the defaults"
+
+
 def test_artifact_upload(ran: dict[str, Ran]) -> None:
     report = ran["artifact_upload.py"].report()
     _positive(
