@@ -215,7 +215,9 @@ def serve(url: str, profile: str | None = None) -> Any:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = (
+            time.monotonic() + 60
+        )  # a loaded 2-core machine imports and builds the schema slowly
         while True:
             try:
                 httpx2.post(f"{base}/graphql", json={"query": "{ __typename }"}, timeout=1)
