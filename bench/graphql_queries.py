@@ -19,18 +19,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
+import pstats
+import random
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx2
 from starlette.applications import Starlette
 
@@ -126,7 +133,66 @@ def app_factory() -> Starlette:
         finally:
             await pool.close()
 
-    return Starlette(routes=graphql_routes(lambda: deps["api"]), lifespan=lifespan)
+    app = Starlette(routes=graphql_routes(lambda: deps["api"]), lifespan=lifespan)
+    profile = os.environ.get(PROFILE_ENV)
+    return app if not profile else _Profiled(app, profile)  # type: ignore[return-value]
+
+
+PROFILE_ENV = "STUDBOOK_BENCH_PROFILE"
+PROFILE_HEADER = (b"x-bench-profile", b"1")
+
+
+class _Profiled:
+    """The app, profiling (cProfile) the requests that carry `x-bench-profile: 1`; the stats
+    go to the file named by STUDBOOK_BENCH_PROFILE when the server stops."""
+
+    def __init__(self, app: Starlette, path: str) -> None:
+        self.app, self.path, self.profile = app, path, cProfile.Profile()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.profile.dump_stats(self.path)
+            return
+        if PROFILE_HEADER not in scope.get("headers", ()):
+            await self.app(scope, receive, send)
+            return
+        self.profile.enable()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.profile.disable()
+
+
+def profile_summary(path: str, requests: int, top: int = 25) -> dict[str, Any]:
+    """Where the profiled requests spent their time: total, and the top functions by own time
+    and by cumulative time, per request."""
+    stats = pstats.Stats(path)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+
+    def name(k: tuple[str, int, str]) -> str:
+        file, line, fn = k
+        short = file.split("site-packages/")[-1].split("services/")[-1]
+        return f"{short}:{line}({fn})"
+
+    per = 1000 / requests
+    total = sum(v[2] for v in raw.values())
+    by_tot = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
+    by_cum = sorted(raw.items(), key=lambda kv: -kv[1][3])[:top]
+    return {
+        "requests": requests,
+        "profiled_ms_per_request": round(total * per, 2),
+        "top_tottime_ms_per_request": [
+            {"fn": name(k), "calls": v[1] // requests, "ms": round(v[2] * per, 3)}
+            for k, v in by_tot
+        ],
+        "top_cumtime_ms_per_request": [
+            {"fn": name(k), "calls": v[1] // requests, "ms": round(v[3] * per, 3)}
+            for k, v in by_cum
+        ],
+    }
 
 
 def _free_port() -> int:
@@ -137,9 +203,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(url: str) -> Any:
+def serve(url: str, profile: str | None = None) -> Any:
     port = _free_port()
     env = {**os.environ, URL_ENV: url, "STUDBOOK_AUTH_DISABLED": "false"}
+    if profile:
+        env[PROFILE_ENV] = profile
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "bench.graphql_queries:app_factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
@@ -251,6 +319,318 @@ async def samples(url: str) -> dict[str, Any]:
         await con.close()
 
 
+# ------------------------------------------------------------------- the search scenario
+#
+# Its own database, seeded through the event store and the projector's rebuild (the events a
+# client would send, validated, appended with their hash chain, then replayed into the read
+# models), not by writing read models: `--scenario search [--search-runs N]`.
+
+SEARCH_PROJECT = "bench"
+SEARCH_SEED = 20261202
+SEARCH_T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SEARCH_PARAMS = 10
+SEARCH_METRICS = ("accuracy", "loss", "auc", "val_loss", "f1", "precision", "recall",
+                  "lr_final", "throughput", "grad_norm")  # fmt: skip
+SEARCH_STEPS = 2
+APPEND_BATCH = 5000
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def search_events(runs: int, seed: int = SEARCH_SEED) -> Iterator[dict[str, Any]]:
+    """Per run: run.started, run.params.logged (10), run.metrics.logged (10 keys x 2 steps),
+    run.tags.set (3) and, for 90% of them, run.finished. Deterministic per seed."""
+    rng = random.Random(seed)
+
+    def ev(type: str, subject: str, payload: dict[str, Any], when: datetime) -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "type": type,
+            "schema_version": 3 if type == "run.started" else 1,
+            "occurred_at": _iso(when),
+            "actor": "bench",
+            "project": SEARCH_PROJECT,
+            "subject": subject,
+            "payload": payload,
+            "producer": {"name": "studbook-bench", "version": "1"},
+        }
+
+    yield ev("project.created", f"project:{SEARCH_PROJECT}", {"description": "search"}, SEARCH_T0)
+    for i in range(runs):
+        subject = f"run:run-{i:06d}"
+        t = SEARCH_T0 + timedelta(seconds=30 * i)
+        started = {"name": f"sweep-{i % 500}-{i}", "experiment": f"exp-{i % 50:02d}",
+                   "code": {"git_commit": rng.randbytes(20).hex(), "entry_point": "train.py"}}  # fmt: skip
+        yield ev("run.started", subject, started, t)
+        params: dict[str, Any] = {
+            "lr": rng.choice([0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]),
+            "optimizer": rng.choice(["adam", "adamw", "sgd", "lion"]),
+            "batch_size": rng.choice([32, 64, 128, 256]),
+            "epochs": rng.randrange(1, 100),
+            "dropout": round(rng.random() / 2, 3),
+            "seed": i,
+            "amp": rng.random() < 0.5,
+        }
+        for n in range(len(params), SEARCH_PARAMS):
+            params[f"p{n}"] = rng.choice(["a", "b", "c", "d"])
+        yield ev("run.params.logged", subject, {"params": params}, t)
+        points = []
+        for step in range(SEARCH_STEPS):
+            for key in SEARCH_METRICS:
+                points.append({"key": key, "value": round(rng.random(), 6), "step": step})
+        yield ev("run.metrics.logged", subject, {"metrics": points}, t + timedelta(seconds=10))
+        tags = {"team": rng.choice(["growth", "core", "ads", "search"]),
+                "priority": rng.choice(["low", "high"]), "stage": "dev"}  # fmt: skip
+        yield ev("run.tags.set", subject, {"tags": tags}, t + timedelta(seconds=11))
+        if i % 10:
+            status = "failed" if i % 10 == 9 else "completed"
+            yield ev("run.finished", subject, {"status": status}, t + timedelta(seconds=20))
+
+
+async def seed_search(admin_url: str, name: str, runs: int) -> dict[str, Any]:
+    """A fresh database `name` holding ``runs`` runs, unless it already holds exactly those."""
+    from studbook_server.adapters import postgres
+    from studbook_server.rebuild import rebuild
+    from studbook_server.writepath import Refused, validated
+
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    expected = sum(1 for _ in search_events(runs)) if runs <= 1000 else None
+    with contextlib.suppress(Exception):
+        con = await postgres.connect(url)
+        try:
+            have = await con.fetchval(
+                "SELECT count(*) FROM rm.runs WHERE project = $1", SEARCH_PROJECT
+            )
+            caught = await con.fetchval(
+                "SELECT (SELECT position FROM rm.checkpoint) = "
+                "(SELECT coalesce(max(position), 0) FROM public.events)"
+            )
+        finally:
+            await con.close()
+        if have == runs and caught:
+            return {"database": redacted(url), "runs": runs, "seeded": False}
+    started = time.perf_counter()
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # name from the CLI
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    con = await postgres.connect(url)
+    events = 0
+    try:
+        await postgres.migrate(con)
+        batch: list[dict[str, Any]] = []
+
+        async def flush() -> None:
+            checked = validated(batch)
+            if isinstance(checked, Refused):
+                raise RuntimeError(f"generated invalid events: {checked.body()}")
+            async with con.transaction():
+                await postgres.append(con, checked)
+
+        for doc in search_events(runs):
+            batch.append(doc)
+            if len(batch) == APPEND_BATCH:
+                await flush()
+                events += len(batch)
+                batch = []
+                if events % 100_000 == 0:
+                    log(f"search: {events:,} events appended")
+        if batch:
+            await flush()
+            events += len(batch)
+    finally:
+        await con.close()
+    appended = time.perf_counter()
+    log(f"search: {events:,} events appended in {appended - started:.0f} s; rebuilding")
+    replayed = await rebuild(url)
+    con = await postgres.connect(url)
+    try:
+        await con.execute("VACUUM ANALYZE")
+        have = await con.fetchval("SELECT count(*) FROM rm.runs WHERE project = $1", SEARCH_PROJECT)
+        dead = await con.fetchval("SELECT count(*) FROM public.dead_letters")
+    finally:
+        await con.close()
+    if have != runs or dead or replayed != events or (expected and expected != events):
+        raise RuntimeError(f"seeded {have} runs from {replayed}/{events} events, {dead} dead")
+    return {
+        "database": redacted(url),
+        "runs": runs,
+        "events": events,
+        "seeded": True,
+        "append_s": round(appended - started, 1),
+        "rebuild_s": round(time.perf_counter() - appended, 1),
+    }
+
+
+SEARCH_PAGE = """query($filter: RunFilter, $order: RunOrder, $after: String) {
+  searchRuns(project: "bench", filter: $filter, orderBy: $order, first: 100, after: $after) {
+    nodes { %s }
+    pageInfo { hasNextPage endCursor }
+  }
+}"""
+
+# What a page of runs asks for: the lean row, and the full run data (params, latest metrics,
+# tags) as lists of objects (the web UI's query) and as maps (JSON scalars).
+SEARCH_SHAPES = {
+    "lean": "id runId name status startedAt",
+    "lists": "id runId name status actor startedAt finishedAt "
+    "params { key value } metrics { key value min max } tags { key value }",
+    "maps": "id runId name status actor startedAt finishedAt paramMap metricMap tagMap",
+}
+
+SEARCH_PAGES: dict[str, dict[str, Any]] = {
+    "newest first": {"order": {"attribute": "STARTED_AT", "direction": "DESC"}},
+    "accuracy>0.5 order by accuracy": {
+        "filter": {"metrics": [{"key": "accuracy", "op": "GT", "value": 0.5}]},
+        "order": {"metric": "accuracy", "direction": "DESC"},
+    },
+    "optimizer=adam and team=growth, newest first": {
+        "filter": {
+            "params": [{"key": "optimizer", "op": "EQ", "value": "adam"}],
+            "tags": [{"key": "team", "value": "growth"}],
+        },
+        "order": {"attribute": "STARTED_AT", "direction": "DESC"},
+    },
+    "completed, order by min(loss) asc": {
+        "filter": {"status": ["COMPLETED"]},
+        "order": {"metric": "loss", "agg": "MIN", "direction": "ASC"},
+    },
+}
+
+
+def as_maps(node: dict[str, Any]) -> dict[str, Any]:
+    """A `lists` node in the `maps` shape (to check that both say the same)."""
+    out = {k: v for k, v in node.items() if k not in ("params", "metrics", "tags")}
+    out["paramMap"] = {p["key"]: p["value"] for p in node["params"]}
+    out["tagMap"] = {t["key"]: t["value"] for t in node["tags"]}
+    out["metricMap"] = {
+        m["key"]: {k: m[k] for k in ("value", "min", "max")} for m in node["metrics"]
+    }
+    return out
+
+
+def search_scenario(
+    url: str, rounds: int, shapes: list[str], profile: str | None
+) -> dict[str, Any]:
+    token = asyncio.run(read_token(url, SEARCH_PROJECT))
+    results: dict[str, Any] = {}
+    stats = None
+    if profile:
+        fd, stats = tempfile.mkstemp(suffix=".prof", prefix="studbook-bench-")
+        os.close(fd)
+    with (
+        serve(url, stats) as base,
+        httpx2.Client(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=30) as client,
+    ):  # fmt: skip
+        base_ms, _ = measure(client, "{ __typename }", [{}], rounds * 2)
+        results["baseline {__typename}"] = percentiles(base_ms)
+        # Each page and its second page (after its first page's cursor), every shape in turn
+        # (interleaved, so a shape does not get a quieter minute than another).
+        variables: list[dict[str, Any]] = []
+        for v in SEARCH_PAGES.values():
+            variables.append(v)
+            first = post(client, SEARCH_PAGE % "id", v)["searchRuns"]
+            variables.append({**v, "after": first["pageInfo"]["endCursor"]})
+        bodies: dict[str, list[Any]] = {s: [] for s in shapes}
+        times: dict[str, list[float]] = {s: [] for s in shapes}
+        for s in shapes:  # warm-up
+            for v in variables:
+                bodies[s].append(post(client, SEARCH_PAGE % SEARCH_SHAPES[s], v))
+        for i in range(rounds):
+            v = variables[i % len(variables)]
+            for s in shapes:
+                t = time.perf_counter()
+                post(client, SEARCH_PAGE % SEARCH_SHAPES[s], v)
+                times[s].append((time.perf_counter() - t) * 1000)
+        if "lists" in shapes and "maps" in shapes:
+            for lists, maps in zip(bodies["lists"], bodies["maps"], strict=True):
+                want = [as_maps(n) for n in lists["searchRuns"]["nodes"]]
+                got = [
+                    {**n, "metricMap": {k: {f: m[f] for f in ("value", "min", "max")}
+                                        for k, m in n["metricMap"].items()}}
+                    for n in maps["searchRuns"]["nodes"]
+                ]  # fmt: skip
+                if got != want or lists["searchRuns"]["pageInfo"] != maps["searchRuns"]["pageInfo"]:
+                    raise RuntimeError("the `maps` page differs from the `lists` page")
+        # Profiled after the timed requests (cProfile slows what it watches).
+        for i in range(rounds if profile else 0):
+            v = variables[i % len(variables)]
+            client.post(
+                "/graphql",
+                json={"query": SEARCH_PAGE % SEARCH_SHAPES[profile or ""], "variables": v},
+                headers={PROFILE_HEADER[0].decode(): PROFILE_HEADER[1].decode()},
+            )
+        sizes = [len(b["searchRuns"]["nodes"]) for b in bodies[shapes[0]]]
+        for s in shapes:
+            results[f"page of 100, {s}"] = percentiles(times[s])
+        results["rows per page (min)"] = min(sizes)
+        b50 = results["baseline {__typename}"]["p50"]
+        results["p50 / lean p50"] = {
+            s: round(results[f"page of 100, {s}"]["p50"] / results["page of 100, lean"]["p50"], 2)
+            for s in shapes
+            if "lean" in shapes
+        }
+        results["p50 / baseline p50"] = {
+            s: round(results[f"page of 100, {s}"]["p50"] / b50, 1) for s in shapes
+        }
+    if stats is not None:
+        results[f"profile of the API process, {profile}"] = profile_summary(stats, rounds)
+        os.unlink(stats)
+    return results
+
+
+def post(client: httpx2.Client, query: str, variables: dict[str, Any]) -> Any:
+    r = client.post("/graphql", json={"query": query, "variables": variables})
+    body = r.json()
+    if r.status_code != 200 or body.get("errors"):
+        raise RuntimeError(f"query failed: {r.status_code} {str(body)[:500]}")
+    return body["data"]
+
+
+async def read_token(url: str, project: str) -> str:
+    from studbook_server import auth
+    from studbook_server.adapters import postgres
+
+    con = await postgres.connect(url)
+    try:
+        _, token = await auth.create_token(con, f"bench-{time.time():.0f}", ["read"], [project])
+        return token
+    finally:
+        await con.close()
+
+
+def search_main(admin: str, args: argparse.Namespace) -> int:
+    runs = args.search_runs or (300 if args.tiny else 100_000)
+    rounds = args.rounds or (5 if args.tiny else 200)
+    shapes = [s for s in args.search_shapes.split(",") if s]
+    unknown = sorted(set(shapes) - set(SEARCH_SHAPES))
+    if unknown:
+        raise SystemExit(
+            f"--search-shapes: unknown {unknown}; expected some of {list(SEARCH_SHAPES)}"
+        )
+    seeded = asyncio.run(seed_search(admin, args.search_database, runs))
+    url = urlunsplit(urlsplit(admin)._replace(path=f"/{args.search_database}"))
+    log(f"searchRuns over {runs:,} runs")
+    results = search_scenario(url, rounds, shapes, args.profile_shape)
+    report: dict[str, Any] = {
+        "scenario": "search",
+        "database": redacted(url),
+        "seed": seeded,
+        "rounds": rounds,
+        "results": results,
+    }
+    full = [s for s in ("maps", "lists") if s in shapes]
+    if full:
+        p95 = results[f"page of 100, {full[0]}"]["p95"]
+        report["targets_met"] = {f"page of 100 with full data ({full[0]}) p95 <= 20": p95 <= 20}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", default="studbook_bench")
@@ -261,8 +641,31 @@ def main() -> int:
         help="--rounds 5 (unless given): checks that the benchmark runs, on `lineage_graph.py "
         "--tiny`; its timings mean nothing",
     )
+    parser.add_argument(
+        "--scenario",
+        choices=["graph", "search"],
+        default="graph",
+        help="graph: every query on the lineage_graph.py database (`--database`); search: a page "
+        "of 100 runs with and without their data, on its own database (`--search-database`)",
+    )
+    parser.add_argument("--search-database", default="studbook_bench_search")
+    parser.add_argument(
+        "--search-runs", type=int, help="runs in the search database (default 100000, tiny 300)"
+    )
+    parser.add_argument(
+        "--search-shapes",
+        default="lean,lists,maps",
+        help="which page shapes to time, of " + ", ".join(SEARCH_SHAPES),
+    )
+    parser.add_argument(
+        "--profile-shape",
+        choices=list(SEARCH_SHAPES),
+        help="search: also profile (cProfile, in the API process) `--rounds` pages of this shape",
+    )
     args = parser.parse_args()
     admin = os.environ.get("STUDBOOK_DATABASE_URL") or DEFAULT_ADMIN_URL
+    if args.scenario == "search":
+        return search_main(admin, args)
     url = urlunsplit(urlsplit(admin)._replace(path=f"/{args.database}"))
     picked = asyncio.run(samples(url))
     rounds = args.rounds or (5 if args.tiny else 200)

@@ -126,10 +126,19 @@ async def ran(
     whatif_cmd = ["--projector-cmd", WHATIF_CMD]
     graph_database = urlsplit(await database_factory()).path.lstrip("/")
     started = time.monotonic()
-    projector, e2e, log_metric, footprint, freshness, (graph, queries) = await asyncio.gather(
+    (
+        projector,
+        e2e,
+        sweep,
+        log_metric,
+        footprint,
+        freshness,
+        (graph, queries),
+    ) = await asyncio.gather(
         # Targets are missed at this size, so it also runs (and checks) its in-process profile.
         _run([PYTHON, "bench/projector_throughput.py", "--tiny", *whatif_cmd], whatif_env),
         _run([PYTHON, "bench/sdk_end_to_end.py", "--tiny", "--no-profile"], env),
+        _run([PYTHON, "bench/sdk_sweep.py", "--tiny"], env),
         _run([PYTHON, "bench/sdk_log_metric.py", "--tiny"], env),
         _run([PYTHON, "bench/embedded_footprint.py", "--tiny"], env),
         _run([PYTHON, "bench/freshness.py", "--tiny"], env),
@@ -138,6 +147,7 @@ async def ran(
     runs = {
         "projector_throughput.py": projector,
         "sdk_end_to_end.py": e2e,
+        "sdk_sweep.py": sweep,
         "sdk_log_metric.py": log_metric,
         "embedded_footprint.py": footprint,
         "freshness.py": freshness,
@@ -254,6 +264,25 @@ def test_sdk_end_to_end(ran: dict[str, Ran]) -> None:
         assert [s["spooled"] for s in stats] == [0], f"{transport}: the SDK spooled events"
     assert report["machine"]["code"]["studbook"] == str(ROOT / "sdk" / "studbook")
     assert report["profile"] is None
+
+
+def test_sdk_sweep(ran: dict[str, Ran]) -> None:
+    report = ran["sdk_sweep.py"].report()
+    _positive(
+        report,
+        "blocking_points_per_s",
+        "handoff_points_per_s",
+        "ratio_handoff_to_blocking",
+        "run_end_ms_median.blocking",
+        "client_loop_s_median.handoff",
+    )
+    assert report["verified"] is True, report["problems"]
+    assert report["workload"]["points"] == 4 * 2 * 10
+    assert report["workload"]["runs"] == 4
+    for variant in ("blocking", "handoff"):
+        stats = report["samples"][variant]["sdk_stats"]
+        assert [s["spooled"] for s in stats] == [0], f"{variant}: the SDK spooled events"
+    assert report["machine"]["code"]["studbook"] == str(ROOT / "sdk" / "studbook")
 
 
 def test_sdk_log_metric(ran: dict[str, Ran]) -> None:

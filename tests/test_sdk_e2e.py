@@ -344,3 +344,59 @@ async def test_a_token_revoked_mid_run_holds_events_until_a_new_token_loses_noth
     finally:
         studbook.shutdown(timeout=30)
         await con.close()
+
+
+# A sweep that never flushes: each run's end is handed over, the interpreter's exit delivers.
+# The best run's model is registered from the script, numbered by the server.
+SWEEP = """
+import json
+import studbook
+studbook.init()
+versions = []
+runs = []
+for trial in range({trials}):
+    with studbook.start_run(f"trial {{trial}}", params={{"lr": 0.01 * (trial + 1)}}) as run:
+        for step in range({steps}):
+            run.log_metric("loss", 1.0 / (step + trial + 1), step=step)
+    runs.append(run.id)
+    mv = studbook.register_model("sweep-clf", f"s3://models/{{run.id}}", run=run)
+    versions.append(mv.version)
+print(json.dumps({{"runs": runs, "versions": versions}}))
+"""
+
+
+async def _check_sweep(url: str, result: dict[str, Any], trials: int, steps: int) -> None:
+    finished = "SELECT count(*) FROM runs WHERE status = 'completed' AND run_id = ANY($1::text[])"
+    await _wait_for(url, finished, trials, result["runs"])
+    points = "SELECT count(*) FROM run_metric_points WHERE run_id = ANY($1::text[])"
+    await _wait_for(url, points, trials * steps, result["runs"])
+    await _wait_for(url, "SELECT count(*) FROM model_versions WHERE model = 'sweep-clf'", trials)
+    con = await postgres.connect(url)
+    try:
+        numbered = dict(
+            await con.fetch("SELECT run_id, number FROM model_versions WHERE model = 'sweep-clf'")
+        )
+        assert await con.fetchval("SELECT count(*) FROM public.dead_letters") == 0
+    finally:
+        await con.close()
+    assert sorted(numbered.values()) == list(range(1, trials + 1))
+    if result["versions"] != [None] * trials:  # through the gateway: the numbers it stored
+        assert result["versions"] == [numbered[run] for run in result["runs"]]
+
+
+async def test_a_sweep_through_the_gateway_numbers_its_models_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    env = _client_env(stack, f"http://127.0.0.1:{stack.port}", tmp_path)
+    result = await _run_script(["-c", SWEEP.format(trials=5, steps=300)], env)
+    assert result["versions"] == [1, 2, 3, 4, 5]  # the numbers the registry stored
+    await _check_sweep(stack.url, result, 5, 300)
+
+
+async def test_a_sweep_through_kafka_has_no_version_numbers_at_once(
+    stack: Stack, services: Services, tmp_path: Path
+) -> None:
+    env = _client_env(stack, f"kafka://{services.kafka_bootstrap}", tmp_path)
+    result = await _run_script(["-c", SWEEP.format(trials=3, steps=300)], env)
+    assert result["versions"] == [None, None, None]
+    await _check_sweep(stack.url, result, 3, 300)

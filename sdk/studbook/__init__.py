@@ -25,8 +25,11 @@ the name a dataset gets from its uri, the one OpenLineage pipelines writing ther
 :func:`annotate` attaches a note; :func:`register_model` registers a version from a finished
 run; :func:`backdate` records history that happened earlier (imports, demos).
 
-Delivery: :func:`flush`, :func:`shutdown` (also at interpreter exit),
-:func:`last_consistency_token`.
+Delivery: a run's end hands its last events to the background thread without waiting for the
+network; :func:`flush` waits until everything emitted so far is delivered (or spooled) and
+raises the refusals among it, as :func:`shutdown` does at interpreter exit;
+:func:`last_consistency_token`. Registering a model version is sent at once: its
+:class:`ModelVersion` carries the number the gateway allocated (``version``).
 
 Exceptions::
 

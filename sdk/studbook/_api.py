@@ -301,13 +301,14 @@ def register_model(
     """Register a new version of model ``name`` outside a run's ``with`` block, e.g. the best of
     several finished runs (``model.version.registered``). Pass ``run`` (a :class:`Run` or a run
     id) so the version's lineage reaches the run's data and code; inside a run, prefer
-    :meth:`Run.register_model`. The registry numbers the version when it is stored."""
+    :meth:`Run.register_model`. As there, the registration is sent at once, after every event
+    emitted before it, and the returned :class:`ModelVersion` carries the version number the
+    gateway allocated (``None`` with a ``kafka://`` url or when the event was spooled)."""
     run_id = run.id if isinstance(run, Run) else run
     payload = registration(name, artifact_uri, run_id, framework, signature, digest, description)
     c = client()
-    event_id = c.emit("model.version.registered", f"model:{name}", payload)
-    c.raise_refused()
-    return ModelVersion(name, artifact_uri, run_id, event_id, digest)
+    event_id, number = c.register(f"model:{name}", payload)
+    return ModelVersion(name, artifact_uri, run_id, event_id, digest, number)
 
 
 def set_alias(model: str | ModelVersion, version: int, alias: str) -> None:

@@ -58,6 +58,8 @@ _hooks_lock = threading.Lock()
 _inherited: list[object] = []
 # Whether this process has been warned that the gateway refused its token (once per process).
 _token_warned = False
+# Whether this process was forked from one that had a client: its exit may skip atexit.
+_forked = False
 _SDK_DIR = os.path.dirname(__file__) + os.sep
 
 
@@ -72,6 +74,8 @@ class Client:
         self.refusals: deque[Report] = deque()
         self.consistency_token: str | None = None
         self._runs: dict[str, Run] = {}
+        # Registrations waiting for their version number: event id -> number (None: not yet).
+        self._awaited: dict[str, int | None] = {}
         self._dispatcher: Dispatcher | None = None
         _install_hooks()
         _clients.add(self)
@@ -94,6 +98,7 @@ class Client:
                     on_refused=self.refusals.append,
                     on_token_refused=self._token_refused,
                     on_consistency_token=self._set_consistency_token,
+                    on_model_versions=self._set_model_versions,
                 )
                 d.start()
                 self._dispatcher = d
@@ -101,6 +106,13 @@ class Client:
 
     def _set_consistency_token(self, token: str) -> None:
         self.consistency_token = token
+
+    def _set_model_versions(self, versions: tuple[tuple[str, int], ...]) -> None:
+        """The gateway numbered registrations (background thread): keep the awaited ones."""
+        awaited = self._awaited
+        for event_id, number in versions:
+            if event_id in awaited:
+                awaited[event_id] = number
 
     def set_token(self, token: str | None) -> None:
         """Send with ``token`` from now on (e.g. after the old one was rotated or revoked).
@@ -145,6 +157,32 @@ class Client:
         )
         self.put(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY))
         return str(event["event_id"])
+
+    def register(self, subject: str, payload: Mapping[str, Any]) -> tuple[str, int | None]:
+        """Send a ``model.version.registered`` event now, after every event queued before it,
+        and wait for the answer: return its event id and the version number the gateway
+        allocated (None when it cannot be known now: Kafka, or the event went to the spool).
+
+        Raises :class:`~studbook.EventRejected` for a refusal, this one's included.
+        """
+        event = envelope(
+            "model.version.registered",
+            subject,
+            payload,
+            project=self.config.project,
+            actor=self.config.actor,
+            producer=self.producer,
+        )
+        event_id = str(event["event_id"])
+        self._awaited[event_id] = None
+        try:
+            for chunk in self._drain_runs():  # metric points logged so far go first, in order
+                self.put(chunk)
+            self.put(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY))
+            self.flush()
+        finally:
+            number = self._awaited.pop(event_id, None)
+        return event_id, number
 
     # ------------------------------------------------------------------ refusals
 
@@ -193,6 +231,16 @@ class Client:
         if raise_errors:
             self.raise_refused()
 
+    def run_finished(self, *, raise_errors: bool) -> None:
+        """A run's last events are queued. No network round trip: the background thread sends
+        them with the next batch, and ``flush``/``atexit`` confirm delivery. A forked child
+        (e.g. a ``multiprocessing`` worker, which ends with ``os._exit`` and skips ``atexit``)
+        waits for delivery here, as every run's end did before."""
+        if _exit_may_skip_atexit():
+            self.flush(raise_errors=raise_errors)
+        elif raise_errors:
+            self.raise_refused()
+
     def shutdown(
         self,
         timeout: float | None = None,
@@ -221,6 +269,7 @@ class Client:
             _inherited.append(d)  # never finalised: its transport's sockets are the parent's
         self.refusals.clear()
         self.consistency_token = None
+        self._awaited = {}
         for run in list(self._runs.values()):
             run._after_fork()
         self._runs = {}
@@ -234,6 +283,25 @@ def _install_hooks() -> None:
         atexit.register(_at_exit)
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _hooks_installed = True
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+# At import, not with the first client: a child forked before it configures the SDK counts too.
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _exit_may_skip_atexit() -> bool:
+    """Whether this process may end without running ``atexit``: a forked child (``os.fork``,
+    ``multiprocessing``'s fork and forkserver workers end with ``os._exit``) or any
+    ``multiprocessing`` child (a pool's workers are terminated by a signal)."""
+    if _forked:
+        return True
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and mp.parent_process() is not None
 
 
 def _after_fork_in_child() -> None:

@@ -137,6 +137,7 @@ class Dispatcher:
         on_refused: Callable[[EventRejected], None],
         on_token_refused: Callable[[str], None],
         on_consistency_token: Callable[[str], None],
+        on_model_versions: Callable[[tuple[tuple[str, int], ...]], None] = lambda _versions: None,
     ) -> None:
         self._cfg = config
         self._transport_factory = transport_factory
@@ -145,6 +146,7 @@ class Dispatcher:
         self._on_refused = on_refused
         self._on_token_refused = on_token_refused
         self._on_consistency_token = on_consistency_token
+        self._on_model_versions = on_model_versions
         self.queue: queue.Queue[object] = queue.Queue(config.queue_size)
         self.spool = Spool(config.spool_dir, config.url)
         self.transport: Transport | None = None
@@ -386,6 +388,8 @@ class Dispatcher:
         if isinstance(outcome, Sent):
             if outcome.consistency_token is not None:
                 self._on_consistency_token(outcome.consistency_token)
+            if outcome.model_versions:
+                self._on_model_versions(outcome.model_versions)
             if self._token_blocked:
                 self._token_blocked = False
                 log.info("studbook: the gateway accepts the token; sending the spooled events")

@@ -1,8 +1,14 @@
 """What code a run executes: git commit, branch, dirtiness, remote, entry point, command line,
 working directory, and the uncommitted changes of a dirty tree.
 
-Captured with ``git`` subprocesses (each with a short timeout) the first time a run starts,
-then cached for the process. Anything that fails is left out: no git, not a repository, a
+Captured with ``git`` subprocesses (each with a short timeout) when the first run of a process
+starts, then cached for the process (:func:`process_snapshot`): a later run costs a few ``stat``
+calls, and captures again when what it can see changed: the directory it starts from, the
+working directory, the command line, the repository root, or the ``stat`` of ``.git/HEAD``,
+``.git/index``, the branch's ref, ``packed-refs`` and ``.git/config`` (a commit, a checkout, a
+``git add``, a new remote between two runs). An edit of a tracked file that is not staged does
+not change those, so a run started after it in the same process records the tree as the
+previous capture saw it. Anything that fails is left out: no git, not a repository, a
 repository without commits, a slow file system.
 
 The uncommitted changes (``git diff --binary HEAD``: staged and unstaged changes to tracked
@@ -14,10 +20,11 @@ own ``run.diff.recorded`` event. A larger diff is recorded by digest and size on
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import re
+import stat
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,10 +245,123 @@ def capture(where: Path | None = None) -> dict[str, Any]:
     return snapshot(where).code
 
 
-@functools.cache
+def _start_dir() -> Path:
+    script = _entry_script()
+    return script.parent if script is not None else Path.cwd()
+
+
+def find_git_dir(start: Path) -> tuple[Path, Path] | None:
+    """(work tree root, git directory) of the repository around ``start``, found without running
+    git: the nearest ``.git`` directory, or ``.git`` file (``gitdir: ...``: a linked worktree, a
+    submodule) above it."""
+    found = _find(str(start))
+    return None if found is None else (Path(found[0]), Path(found[2]))
+
+
+_Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: str) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(4096).strip()
+    except OSError:
+        return None
+
+
+# Small file contents read by the key, by (path, stat): read again only when the stat changes.
+_contents: dict[tuple[str, _Stamp], str | None] = {}
+
+
+def _read_cached(path: str, stamp: _Stamp) -> str | None:
+    key = (path, stamp)
+    if key not in _contents:
+        if len(_contents) > 256:
+            _contents.clear()
+        _contents[key] = _read(path) if stamp is not None else None
+    return _contents[key]
+
+
+def _find(start: str) -> tuple[str, _Stamp, str, str] | None:
+    """(root, stat of its .git, git directory, common directory) around ``start``."""
+    where = os.path.abspath(start)
+    while True:
+        dotgit = os.path.join(where, ".git")
+        try:
+            st = os.stat(dotgit)
+        except OSError:
+            parent = os.path.dirname(where)
+            if parent == where:
+                return None
+            where = parent
+            continue
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stat.S_ISDIR(st.st_mode):
+            return where, stamp, dotgit, dotgit
+        text = _read_cached(dotgit, stamp)
+        if text is None or not text.startswith("gitdir:"):
+            return None
+        gitdir = os.path.join(where, text[len("gitdir:") :].strip())  # kept if absolute
+        shared = _read_cached(os.path.join(gitdir, "commondir"), _stamp(gitdir))
+        common = os.path.join(gitdir, shared) if shared else gitdir
+        return where, stamp, gitdir, common
+
+
+def snapshot_key(where: Path | None = None) -> tuple[object, ...]:
+    """What a capture depends on, cheaply (a few ``stat`` calls): equal keys, equal captures
+    (but for edits that are not staged)."""
+    start = str(where or _start_dir())
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    env = tuple(os.environ.get(k) for k in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"))
+    base: tuple[object, ...] = (start, cwd, tuple(sys.argv), _main_module(), env)
+    found = _find(start)
+    if found is None:
+        return (*base, None)
+    root, dotgit, gitdir, common = found
+    head_path = os.path.join(gitdir, "HEAD")
+    head_stamp = _stamp(head_path)
+    head = _read_cached(head_path, head_stamp) or ""
+    files = [os.path.join(gitdir, "index"), os.path.join(common, "packed-refs")]
+    files.append(os.path.join(common, "config"))
+    if head.startswith("ref:"):
+        files.append(os.path.join(common, head[len("ref:") :].strip()))  # the branch's ref
+    return (*base, root, dotgit, head, head_stamp, tuple(_stamp(f) for f in files))
+
+
+_cached: tuple[tuple[object, ...], Snapshot] | None = None
+_cache_lock = threading.Lock()
+
+
 def process_snapshot() -> Snapshot:
-    """:func:`snapshot` of this process, taken once."""
-    return snapshot()
+    """:func:`snapshot` of this process, cached: taken again only when :func:`snapshot_key`
+    changes (a commit, a checkout, a staged change, another working directory)."""
+    return cached_snapshot()
+
+
+def cached_snapshot(where: Path | None = None) -> Snapshot:
+    """:func:`snapshot` of ``where`` (default: around the entry point), cached per process by
+    :func:`snapshot_key`."""
+    global _cached
+    key = snapshot_key(where)
+    with _cache_lock:
+        hit = _cached
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        taken = snapshot(where)
+        # Keyed by what was seen before the capture: a change during it is seen next time.
+        _cached = (key, taken)
+        return taken
 
 
 def code_info() -> dict[str, Any]:

@@ -26,11 +26,16 @@ class DatasetVersion:
 
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
-    """A registered model version, as returned by :meth:`Run.register_model`.
+    """A registered model version, as returned by :meth:`Run.register_model` and
+    :func:`studbook.register_model`.
 
-    The registry numbers versions 1, 2, ... per model in the order their events are stored, so
-    the number is not known to the client when it registers; ``event_id`` identifies the
-    registration and ``run`` the run that trained it.
+    The gateway numbers versions 1, 2, ... per model when it accepts their registration (a
+    re-sent registration keeps its number); registering waits for that answer, so ``version``
+    is the number, for :func:`studbook.set_alias` and the like. It is ``None`` when the number
+    cannot be known at once: with a ``kafka://`` url (the server numbers the version when it
+    stores the event), or when the gateway was unavailable and the registration went to the
+    spool (it is numbered when the spool is re-sent). ``event_id`` identifies the registration
+    and ``run`` the run that trained it.
     """
 
     model: str
@@ -38,3 +43,4 @@ class ModelVersion:
     run: str | None
     event_id: str
     digest: str | None = None
+    version: int | None = None

@@ -79,6 +79,15 @@ class RunClient(Protocol):
 
     def flush(self, timeout: float | None = None, *, raise_errors: bool = True) -> None: ...
 
+    def register(self, subject: str, payload: Mapping[str, Any]) -> tuple[str, int | None]:
+        """Send a registration after everything queued; (event id, version number or None)."""
+        ...
+
+    def run_finished(self, *, raise_errors: bool) -> None:
+        """A run's last events are queued: report what is known (or, where ``atexit`` may not
+        run, wait for their delivery)."""
+        ...
+
 
 _time_ns = time.time_ns
 
@@ -190,7 +199,8 @@ class Run:
 
     Leaving the ``with`` block finishes the run: ``completed``; ``failed`` (with the exception's
     type and message) if an exception escapes, which is then re-raised; ``killed`` on
-    ``KeyboardInterrupt`` or a non-zero ``SystemExit``. Finishing flushes the run's events.
+    ``KeyboardInterrupt`` or a non-zero ``SystemExit``. Finishing hands the run's last events
+    to the background thread without waiting for the network (see :meth:`finish`).
     """
 
     __slots__ = (
@@ -425,22 +435,33 @@ class Run:
         description: str | None = None,
     ) -> ModelVersion:
         """Register a new version of model ``name`` trained by this run
-        (``model.version.registered``). The registry numbers it when it is stored."""
+        (``model.version.registered``) and return it with its number.
+
+        Unlike other events, the registration is sent at once, after every event emitted
+        before it, and the call waits for the gateway's answer: one round trip, which carries
+        the version number the gateway allocated (``ModelVersion.version``; ``None`` with a
+        ``kafka://`` url or when the gateway is unavailable and the event was spooled).
+        Raises :class:`~studbook.EventRejected` if the gateway refuses it."""
         payload = registration(
             name, artifact_uri, self.id, framework, signature, digest, description
         )
         if self._finished:
             raise StudbookError(f"run {self.name!r} ({self.id}) has finished; start a new run")
-        event_id = self._client.emit("model.version.registered", f"model:{name}", payload)
-        self._client.raise_refused()
-        return ModelVersion(name, artifact_uri, self.id, event_id, digest)
+        event_id, number = self._client.register(f"model:{name}", payload)
+        return ModelVersion(name, artifact_uri, self.id, event_id, digest, number)
 
     # ------------------------------------------------------------------ the end
 
     def finish(self, status: Status = "completed", *, error: BaseException | None = None) -> None:
-        """Finish the run (``run.finished``) and flush its events; no-op if already finished.
+        """Finish the run (``run.finished``); no-op if already finished.
 
-        Raises :class:`~studbook.EventRejected` if the gateway refused any of them.
+        The run's remaining metric points and its ``run.finished`` are handed to the background
+        thread, which delivers them with the next batch: ``finish`` does not wait for the
+        network. :func:`studbook.flush` (and the interpreter's exit) waits for their delivery.
+        Raises :class:`~studbook.EventRejected` for a refusal the gateway has already answered;
+        a later one is raised by the next SDK call that reports refusals (``flush``, the next
+        ``log_metric``, ``start_run``...). In a forked process or a ``multiprocessing`` worker
+        (whose end may skip ``atexit``), ``finish`` waits for delivery as ``flush`` does.
         """
         if status not in ("completed", "failed", "killed"):
             raise ValueError(f"status must be completed, failed or killed, got {status!r}")
@@ -463,7 +484,7 @@ class Run:
             payload["error"] = details
         self._client.emit("run.finished", self.subject, payload)
         self._client.unwatch_run(self)
-        self._client.flush(raise_errors=raise_errors)
+        self._client.run_finished(raise_errors=raise_errors)
 
     def __enter__(self) -> Run:
         return self

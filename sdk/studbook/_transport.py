@@ -33,9 +33,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """All events were acknowledged; ``consistency_token`` is the gateway's, if it gave one."""
+    """All events were acknowledged; ``consistency_token`` is the gateway's, if it gave one;
+    ``model_versions`` the (event id, version number) the gateway allocated to each
+    ``model.version.registered`` event of the batch (none with Kafka)."""
 
     consistency_token: str | None = None
+    model_versions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,7 @@ class HttpTransport:
         data = _json_or_none(response.data)
         if 200 <= status < 300:
             token = data.get("consistency_token") if isinstance(data, dict) else None
-            return Sent(token if isinstance(token, str) else None)
+            return Sent(token if isinstance(token, str) else None, _model_versions(data))
         if status in (408, 429) or status >= 500:
             return Unavailable(f"{self._endpoint} answered HTTP {status}: {_error_text(data)}")
         if 300 <= status < 400:
@@ -151,6 +154,20 @@ class HttpTransport:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _model_versions(data: object) -> tuple[tuple[str, int], ...]:
+    """``[{"event_id": ..., "model": ..., "version": 3}]`` of a 202, as (event id, version)."""
+    listed = data.get("model_versions") if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        return ()
+    return tuple(
+        (item["event_id"], item["version"])
+        for item in listed
+        if isinstance(item, dict)
+        and isinstance(item.get("event_id"), str)
+        and type(item.get("version")) is int
+    )
 
 
 def _json_or_none(raw: bytes) -> object:

@@ -181,10 +181,26 @@ async def _post_events(gw: Gateway, request: Request) -> Response:
         return JSONResponse(outcome.body(), status_code=outcome.status, headers=headers)
     gw.metrics.publish_seconds.observe(time.perf_counter() - started)
     gw.metrics.accepted.inc(len(outcome.event_ids))
-    return JSONResponse(
-        {"accepted": outcome.event_ids, "consistency_token": outcome.token.encode()},
-        status_code=202,
-    )
+    answer: dict[str, Any] = {
+        "accepted": outcome.event_ids,
+        "consistency_token": outcome.token.encode(),
+    }
+    if outcome.numbers:
+        answer["model_versions"] = model_versions(parsed, outcome.numbers)
+    return JSONResponse(answer, status_code=202)
+
+
+def model_versions(docs: list[Any], numbers: dict[str, int]) -> list[dict[str, Any]]:
+    """The version numbers the server gave the request's `model.version.registered` events."""
+    out, seen = [], set()
+    for doc in docs:
+        event_id = doc.get("event_id")
+        numbered = doc.get("type") == "model.version.registered" and event_id in numbers
+        if numbered and event_id not in seen:
+            seen.add(event_id)
+            model = str(doc.get("subject", "")).partition(":")[2]
+            out.append({"event_id": event_id, "model": model, "version": numbers[event_id]})
+    return out
 
 
 def _invalid(gw: Gateway, refused: Refused, events: int) -> JSONResponse:

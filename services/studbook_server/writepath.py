@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from studbook_server import governance
+from studbook_server import governance, numbering
 from studbook_server.adapters import postgres
-from studbook_server.adapters.postgres import Incoming, Pool
+from studbook_server.adapters.postgres import Incoming, Pool, failure_kind
 from studbook_server.adapters.publish import (
     PublishConflict,
     Publisher,
@@ -44,6 +44,9 @@ class Accepted:
 
     event_ids: list[str]
     token: Token
+    # Numbers the server allocated on acceptance (see studbook_server.numbering): event id ->
+    # number, e.g. the version number of each `model.version.registered` event.
+    numbers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,15 @@ class Writer:
         if problem is not None:
             # The event is named, so a client can tell this from a refused token.
             return Refused(403, problem.message, [problem])
+        claims = numbering.client_claims(incoming)
+        if claims:
+            return Refused(422, "invalid events", claims[:MAX_PROBLEMS_LISTED])
+        try:  # before the conflict checks: a retry is stamped with the number it got first
+            numbers = await numbering.stamp(self.pool, incoming)
+        except Exception as exc:
+            if failure_kind(exc) != "retry":
+                raise
+            return Refused(503, "the event store is unavailable; retry later (re-sending is safe)")
         # The same event id with another body is a conflict, not a retry. Within the request it
         # is found here; against the store, the event store's append refuses it itself, and for
         # Kafka the store is checked first.
@@ -194,4 +206,4 @@ class Writer:
             return Refused(422, str(exc))
         except PublishUnavailable as exc:
             return Refused(503, f"{exc}; retry later (re-sending is safe)")
-        return Accepted(list(dict.fromkeys(i.event.event_id for i in incoming)), token)
+        return Accepted(list(dict.fromkeys(i.event.event_id for i in incoming)), token, numbers)

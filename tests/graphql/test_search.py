@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -235,3 +236,127 @@ def test_bad_search_input_is_named(searcher: Searcher) -> None:
     )
     error = api.errors(q, {"f": {"metrics": [{"key": "acc", "op": "LIKE", "value": 1}]}})[0]
     assert "LIKE" in error["message"]  # not an operator: refused by the schema itself
+
+
+# ------------------------------------------------------------- a page with its runs' data
+
+DATA = (
+    "params { key value } metrics { key value step at min max count } tags { key value } "
+    "paramMap metricMap tagMap"
+)
+PAGE = """query($f: RunFilter, $o: RunOrder, $first: Int, $after: String) {
+  searchRuns(project: "search", filter: $f, orderBy: $o, first: $first, after: $after) {
+    edges { cursor node { %s } } pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+  } }"""
+
+# Every ordering (each of its parts: runs with the key, then without) and filters that change
+# which runs a page holds.
+CASES: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [
+    (None, None),
+    (None, {"attribute": "STARTED_AT", "direction": "ASC"}),
+    (None, {"attribute": "FINISHED_AT"}),
+    (None, {"attribute": "NAME", "direction": "ASC"}),
+    (None, {"attribute": "RUN_ID"}),
+    (None, {"attribute": "STATUS", "direction": "ASC"}),
+    (None, {"metric": "acc"}),
+    (None, {"metric": "acc", "agg": "MIN", "direction": "ASC"}),
+    ({"metrics": [{"key": "acc", "op": "GT", "value": 0.4}]}, {"metric": "acc"}),
+    ({"status": ["COMPLETED", "FAILED"]}, {"metric": "loss", "agg": "MAX"}),
+    (None, {"param": "lr", "direction": "ASC"}),
+    ({"params": [{"key": "opt", "op": "EQ", "value": "adam"}]}, {"param": "layers"}),
+    (None, {"tag": "team"}),
+    ({"tags": [{"key": "team"}]}, {"tag": "team", "direction": "ASC"}),
+    ({"usedDatasetVersion": "search/dataset_version:d@v1"}, {"attribute": "STARTED_AT"}),
+    ({"startedAfter": at(3), "params": [{"key": "lr", "op": "LTE", "value": 0.01}]}, None),
+]
+
+
+def _pages(api: Api, fields: str, f: Any, o: Any, first: int) -> list[dict[str, Any]]:
+    out = []
+    after = None
+    while True:
+        page = api.query(PAGE % fields, {"f": f, "o": o, "first": first, "after": after})
+        out.append(page["searchRuns"])
+        if not page["searchRuns"]["pageInfo"]["hasNextPage"]:
+            return out
+        after = page["searchRuns"]["pageInfo"]["endCursor"]
+
+
+def _loaded(api: Api, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each run's data as `run(id:)` gives it (the DataLoaders, one statement per kind)."""
+    out = {}
+    for run_id in run_ids:
+        q = f"query($id: ID!) {{ run(id: $id) {{ runId {DATA} }} }}"
+        out[run_id] = api.query(q, {"id": f"search/run:{run_id}"})["run"]
+    return out
+
+
+def test_a_page_with_its_runs_data_is_the_lean_page_with_each_runs_own_data(
+    searcher: Searcher,
+) -> None:
+    """The page statement wrapped with the runs' JSON objects returns the same runs, in the
+    same order, with the same cursors, as the lean statement; each run's params, metrics and
+    tags (lists and maps) are what the DataLoaders give for it, and what was logged."""
+    api = searcher.api
+    loaded = _loaded(api, [r.run_id for r in searcher.runs])
+    fake = {r.run_id: r for r in searcher.runs}
+    for run_id, data in loaded.items():  # the loaders' maps say what was logged
+        r = fake[run_id]
+        assert data["paramMap"] == r.params
+        assert data["tagMap"] == r.tags
+        assert {k: (m["value"], m["min"], m["max"], m["count"]) for k, m in data["metricMap"].items()} == {
+            k: (v[-1], min(v), max(v), len(v)) for k, v in r.metrics.items()
+        }  # fmt: skip
+        assert [p["key"] for p in data["params"]] == list(data["paramMap"]) == sorted(r.params)
+    pages_checked = 0
+    for f, o in CASES:
+        for first in (7, 500):
+            lean = _pages(api, "runId", f, o, first)
+            full = _pages(api, f"runId {DATA}", f, o, first)
+            assert [p["pageInfo"] for p in full] == [p["pageInfo"] for p in lean], (f, o, first)
+            assert [[e["cursor"] for e in p["edges"]] for p in full] == [
+                [e["cursor"] for e in p["edges"]] for p in lean
+            ]
+            nodes = [e["node"] for p in full for e in p["edges"]]
+            assert [n["runId"] for n in nodes] == [
+                e["node"]["runId"] for p in lean for e in p["edges"]
+            ]
+            assert nodes, (f, o)
+            for n in nodes:
+                assert n == loaded[n["runId"]], (f, o, n["runId"])
+            pages_checked += len(full)
+    assert pages_checked > 2 * len(CASES)
+
+
+def test_maps_and_lists_say_the_same(searcher: Searcher) -> None:
+    page = searcher.api.query(PAGE % f"runId {DATA}", {"first": 500})["searchRuns"]
+    for e in page["edges"]:
+        n = e["node"]
+        assert n["paramMap"] == {p["key"]: p["value"] for p in n["params"]}
+        assert n["tagMap"] == {t["key"]: t["value"] for t in n["tags"]}
+        assert list(n["metricMap"]) == [m["key"] for m in n["metrics"]]
+        for m in n["metrics"]:
+            entry = n["metricMap"][m["key"]]
+            assert datetime.fromisoformat(entry["at"]) == datetime.fromisoformat(m["at"])
+            assert entry["at"].endswith("+00:00")
+            assert {k: entry[k] for k in ("value", "step", "min", "max", "count")} == {
+                k: m[k] for k in ("value", "step", "min", "max", "count")
+            }
+
+
+def test_metric_keys_and_runs_without_data(searcher: Searcher) -> None:
+    q = """{ searchRuns(project: "search", first: 500) { nodes { runId
+              metricMap(keys: ["acc"]) metrics(keys: ["acc"]) { key } tagMap tags { key } } } }"""
+    nodes = searcher.api.query(q)["searchRuns"]["nodes"]
+    fake = {r.run_id: r for r in searcher.runs}
+    assert len(nodes) == len(fake)
+    for n in nodes:
+        r = fake[n["runId"]]
+        assert (
+            list(n["metricMap"])
+            == [m["key"] for m in n["metrics"]]
+            == (["acc"] if "acc" in r.metrics else [])
+        )
+        assert n["tagMap"] == r.tags
+        assert (n["tags"] == []) == (not r.tags)
+    assert any(not fake[n["runId"]].tags for n in nodes)

@@ -54,6 +54,10 @@ class Gateway:
         self.requests: list[list[dict[str, Any]]] = []
         self.accepted: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        # Model version numbers, allocated on acceptance as the gateway does: by event id (a
+        # re-sent registration keeps its number), counting per (project, model).
+        self.numbers: dict[str, int] = {}
+        self._counters: dict[tuple[str, str], int] = {}
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -122,10 +126,24 @@ class Gateway:
         if forbidden:
             return 403, {"error": forbidden[0]["message"], "errors": forbidden}
         self.accepted.extend(events)
-        return 202, {
+        answer: dict[str, Any] = {
             "accepted": [e["event_id"] for e in events],
             "consistency_token": f"ct-{len(self.accepted)}",
         }
+        numbered = []
+        for event in events:
+            if event["type"] != "model.version.registered":
+                continue
+            model = event["subject"].removeprefix("model:")
+            if event["event_id"] not in self.numbers:
+                key = (event["project"], model)
+                self._counters[key] = self._counters.get(key, 0) + 1
+                self.numbers[event["event_id"]] = self._counters[key]
+            version = self.numbers[event["event_id"]]
+            numbered.append({"event_id": event["event_id"], "model": model, "version": version})
+        if numbered:
+            answer["model_versions"] = numbered
+        return 202, answer
 
     def stop(self) -> None:
         if self._server is not None:

@@ -119,6 +119,7 @@ def test_gateway_down_spools_then_resends_everything_in_order_exactly_once(
     down_gateway.start()
     run.log_metric("loss", 0.0, step=1500)
     run.finish()
+    studbook.flush()  # finish hands the run's end over; flush waits for its delivery
     wait_until(lambda: not spool_files(spool_dir), what="the spool to be re-sent")
 
     accepted = down_gateway.accepted
@@ -289,6 +290,7 @@ def test_init_with_a_new_token_keeps_the_client_its_open_run_and_its_spool(
     assert _api.client() is client
     run.log_metric("loss", 0.25, step=1)
     run.finish()
+    studbook.flush()  # finish hands the run's end over; flush waits for its delivery
     wait_until(lambda: not spool_files(spool_dir), what="the spool to be re-sent")
     assert [e["type"] for e in gateway.accepted] == [
         "run.started", "run.metrics.logged", "run.metrics.logged", "run.finished",
@@ -356,11 +358,27 @@ def test_a_403_naming_its_events_raises_event_rejected_and_holds_nothing_back(
     assert notes(gateway.accepted) == [0, 1, 2, 3, 4]
 
 
-def test_run_exit_raises_event_rejected(gateway: Gateway, install: Callable[..., Client]) -> None:
+def test_run_exit_raises_a_refusal_already_answered_and_flush_one_answered_later(
+    gateway: Gateway, install: Callable[..., Client]
+) -> None:
     gateway.reject = lambda e: "no" if e["type"] == "run.tags.set" else None
-    install(url=gateway.url)
-    with pytest.raises(studbook.EventRejected), studbook.start_run("r", tags={"a": "b"}):
+    client = install(url=gateway.url)
+    with pytest.raises(studbook.EventRejected) as caught, studbook.start_run("r", tags={"a": "b"}):
+        client.dispatcher().flush(None)  # the refusal is answered before the run ends
+    refused = caught.value
+    assert [refused.event_types[e["index"]] for e in refused.errors] == ["run.tags.set"]
+    studbook.flush()
+    assert [e["type"] for e in gateway.accepted][-1] == "run.finished"
+
+    # Refused after the run ended: not raised by the exit, which does not wait for the answer,
+    # but by the next call that reports refusals.
+    install(url=gateway.url, linger_s=5.0)  # nothing leaves before the flush
+    with studbook.start_run("s", tags={"a": "b"}):
         pass
+    with pytest.raises(studbook.EventRejected) as caught:
+        studbook.flush()
+    refused = caught.value
+    assert [refused.event_types[e["index"]] for e in refused.errors] == ["run.tags.set"]
     assert [e["type"] for e in gateway.accepted][-1] == "run.finished"
 
 
@@ -493,6 +511,7 @@ def test_metric_hand_over_applies_back_pressure_too(install: Callable[..., Clien
     gate.set()
     worker.join(10)
     run.finish()
+    studbook.flush()
     steps = [
         p["step"]
         for e in transport.events
@@ -579,6 +598,7 @@ def test_forked_child_does_not_share_or_corrupt_the_parents_queue(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     run.finish()
+    studbook.flush()
 
     accepted = gateway.accepted
     assert all(n == 1 for n in Counter(e["event_id"] for e in accepted).values())
@@ -610,6 +630,7 @@ def test_points_from_many_threads_arrive_once_each(install: Callable[..., Client
     for t in threads:
         t.join()
     run.finish()
+    studbook.flush()
     points = Counter(
         (p["key"], p["step"])
         for e in transport.events

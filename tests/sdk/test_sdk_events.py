@@ -158,6 +158,7 @@ def test_metric_points_are_batched_up_to_1000_per_event(memory: MemoryTransport)
     with studbook.start_run("many") as run:
         for step in range(2500):
             run.log_metric("loss", 1.0 / (step + 1), step=step)
+    studbook.flush()  # the run's end is handed over; flush waits for its delivery
     metrics = [e for e in memory.events if e["type"] == "run.metrics.logged"]
     assert_valid(metrics)
     assert [len(e["payload"]["metrics"]) for e in metrics] == [1000, 1000, 500]
@@ -202,6 +203,7 @@ def test_metric_argument_checks(memory: MemoryTransport) -> None:
         with pytest.raises(ValueError, match="metric key"):
             run.log_metric("", 0.3)
         run.log_metric("int-value", 3)  # ints (and numpy/torch scalars) become floats
+    studbook.flush()
     points = [
         p
         for e in memory.events
@@ -241,6 +243,7 @@ def test_exception_in_block_finishes_failed_and_reraises(memory: MemoryTransport
     run = studbook.start_run("oom")
     with pytest.raises(CUDAOutOfMemoryError, match="out of memory"):
         train(run)
+    studbook.flush()
     finished = [e for e in memory.events if e["type"] == "run.finished"]
     assert_valid(finished)
     assert finished[0]["payload"] == {
@@ -256,6 +259,7 @@ def test_exception_in_block_finishes_failed_and_reraises(memory: MemoryTransport
 def test_keyboard_interrupt_marks_the_run_killed(memory: MemoryTransport) -> None:
     with pytest.raises(KeyboardInterrupt), studbook.start_run("interrupted"):
         raise KeyboardInterrupt
+    studbook.flush()
     finished = [e for e in memory.events if e["type"] == "run.finished"]
     assert finished[0]["payload"]["status"] == "killed"
     assert_valid(finished)
@@ -265,6 +269,7 @@ def test_params_and_tags_are_split_into_events_of_1000(memory: MemoryTransport) 
     with studbook.start_run("wide") as run:
         run.log_params({f"p{i}": i for i in range(2001)})
         run.set_tags({f"t{i}": str(i) for i in range(1001)})
+    studbook.flush()
     params = [e for e in memory.events if e["type"] == "run.params.logged"]
     tags = [e for e in memory.events if e["type"] == "run.tags.set"]
     assert [len(e["payload"]["params"]) for e in params] == [1000, 1000, 1]

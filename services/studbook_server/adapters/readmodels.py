@@ -71,6 +71,15 @@ async def load_state(con: Connection, keys: StateKeys) -> State:
             list(p), list(m),
         )  # fmt: skip
         state.model_numbers = {(r[0], r[1]): r[2] or 0 for r in rows}
+    if keys.model_versions:
+        p, m, n = zip(*keys.model_versions, strict=True)
+        rows = await con.fetch(
+            """SELECT mv.project, mv.model, mv.number, mv.event_id::text FROM model_versions mv
+               JOIN unnest($1::text[], $2::text[], $3::int[]) AS k(project, model, number)
+                 USING (project, model, number)""",
+            list(p), list(m), list(n),
+        )  # fmt: skip
+        state.versions_taken = {(r[0], r[1], r[2]): r[3] for r in rows}
     if keys.assignments:
         p, kind, m, n = zip(*keys.assignments, strict=True)
         rows = await con.fetch(

@@ -107,6 +107,8 @@ class StateKeys:
     models: frozenset[tuple[str, str]]  # project, model (for version numbers)
     assignments: frozenset[AssignmentKey]
     reads: frozenset[tuple[str, str, str]] = frozenset()  # project, run, dataset (dataset.read)
+    # project, model, number: the numbers the write path gave (are they taken already?)
+    model_versions: frozenset[tuple[str, str, int]] = frozenset()
 
 
 @dataclass(slots=True)
@@ -131,6 +133,8 @@ class State:
     )
     # The version of a dataset a run read first (dataset.read): (project, run, dataset) -> version.
     reads: MutableMapping[tuple[str, str, str], str] = field(default_factory=dict)
+    # Version numbers taken, for the numbers events carry: (project, model, number) -> event id.
+    versions_taken: MutableMapping[tuple[str, str, int], str] = field(default_factory=dict)
 
     def overlay(self) -> State:
         """A scratch view: reads fall through to this state, writes stay in the overlay."""
@@ -141,12 +145,13 @@ class State:
             ChainMap({}, self.assignments),
             ChainMap({}, self.dataset_latest),
             ChainMap({}, self.reads),
+            ChainMap({}, self.versions_taken),
         )
 
     def _scratch(self) -> tuple[MutableMapping[Any, Any], ...]:
         maps = (
             self.dataset_version_digests, self.dataset_numbers, self.model_numbers,
-            self.assignments, self.dataset_latest, self.reads,
+            self.assignments, self.dataset_latest, self.reads, self.versions_taken,
         )  # fmt: skip
         out: list[MutableMapping[Any, Any]] = []
         for m in maps:
@@ -158,7 +163,7 @@ class State:
         """Keep what a successful rule wrote to ``overlay``, which is then empty again."""
         mine: tuple[MutableMapping[Any, Any], ...] = (
             self.dataset_version_digests, self.dataset_numbers, self.model_numbers,
-            self.assignments, self.dataset_latest, self.reads,
+            self.assignments, self.dataset_latest, self.reads, self.versions_taken,
         )  # fmt: skip
         for into, written in zip(mine, overlay._scratch(), strict=True):
             if written:
@@ -354,6 +359,7 @@ def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
     models: set[tuple[str, str]] = set()
     assignments: set[AssignmentKey] = set()
     reads: set[tuple[str, str, str]] = set()
+    numbered: set[tuple[str, str, int]] = set()
     for stored in events:
         e = stored.event
         p = e.payload
@@ -366,13 +372,15 @@ def state_keys(events: Iterable[StoredEvent]) -> StateKeys:
             reads.add((e.project, str(p.get("run")), e.subject_key))
         elif e.type.startswith("model."):
             models.add((e.project, e.subject_key))
+            if e.type == "model.version.registered" and isinstance(p.get("version"), int):
+                numbered.add((e.project, e.subject_key, p["version"]))
             if e.type in ("model.alias.set", "model.alias.removed"):
                 assignments.add((e.project, "alias", e.subject_key, str(p.get("alias"))))
             elif e.type in ("model.version.deployed", "model.version.undeployed"):
                 assignments.add((e.project, "deployment", e.subject_key, str(p.get("environment"))))
     return StateKeys(
         frozenset(versions), frozenset(datasets), frozenset(models), frozenset(assignments),
-        frozenset(reads),
+        frozenset(reads), frozenset(numbered),
     )  # fmt: skip
 
 
@@ -784,8 +792,18 @@ def _model_created(s: StoredEvent, state: State, ch: Changes) -> None:
 def _model_version_registered(s: StoredEvent, state: State, ch: Changes) -> None:
     e, p = s.event, s.event.payload
     model = e.subject_key
-    number = state.model_numbers.get((e.project, model), 0) + 1
-    state.model_numbers[(e.project, model)] = number
+    latest = state.model_numbers.get((e.project, model), 0)
+    # The write path numbered it when it accepted it; events that did not pass it are numbered
+    # after the highest number known. Numbers may arrive out of order (two requests at once).
+    number = p.get("version") or latest + 1
+    taken = state.versions_taken.get((e.project, model, number))
+    if taken is not None:
+        raise Rejected(
+            f"version {number} of model `{model}` is taken (by event {taken}): a number is "
+            "the server's to give, once"
+        )
+    state.model_numbers[(e.project, model)] = max(latest, number)
+    state.versions_taken[(e.project, model, number)] = e.event_id
     ch.models.setdefault((e.project, model), _model_row(s, None, False))
     run = p.get("run")
     ch.model_versions.append(

@@ -12,6 +12,15 @@ this module, chosen by enum. The indexes that make it fast (schema/sql/0004_grap
   matches the hash (the index) and then the value (against collisions). Range filters on params
   use only the `(project, key)` part and compare each value.
 - `runs_started_order`, `runs_finished_order`: keyset pages ordered by time.
+
+A page that asks for its runs' params, metrics or tags (as lists or as the `paramMap`,
+`metricMap`, `tagMap` maps) gets them in the same statement: the page's statement becomes a
+subquery, and one correlated aggregate per kind and run builds each run's JSON object
+(`json_object_agg ... ORDER BY key`, so keys come in the order the loaders give) from the
+primary keys `(project, run_id, key)` of rm.run_params, rm.run_metrics and rm.run_tags. The
+subquery keeps its ORDER BY and LIMIT; the outer level neither joins nor sorts, so the rows
+keep the page's order. The runs' objects are decoded once and served as they are: no DataLoader
+round trip, and for the maps no GraphQL object per param, metric or tag.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from studbook_server.graphql._ids import cursor, parse, uncursor
 from studbook_server.graphql._types import (
     Connection,
     Run,
+    RunData,
     RunStatus,
     check_time,
     connection,
@@ -230,6 +240,66 @@ def _filters(
         )
 
 
+# The data a page can carry with its runs: the fields that read it, and the column that carries
+# each run's JSON object. `at` is spelled as `_types.METRIC_AT_FORMAT` spells it.
+_DATA: dict[str, tuple[frozenset[str], str]] = {
+    "params": (
+        frozenset({"params", "paramMap"}),
+        "(SELECT json_object_agg(p.key, p.value ORDER BY p.key) FROM rm.run_params p "
+        "WHERE p.project = page.project AND p.run_id = page.run_id)",
+    ),
+    "metrics": (
+        frozenset({"metrics", "metricMap"}),
+        "(SELECT json_object_agg(m.key, json_build_object("
+        "'value', m.value, 'step', m.step, "
+        """'at', to_char(m.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), """
+        "'min', m.min_value, 'max', m.max_value, 'count', m.points) ORDER BY m.key) "
+        "FROM rm.run_metrics m WHERE m.project = page.project AND m.run_id = page.run_id)",
+    ),
+    "tags": (
+        frozenset({"tags", "tagMap"}),
+        "(SELECT json_object_agg(t.key, t.value ORDER BY t.key) FROM rm.run_tags t "
+        "WHERE t.project = page.project AND t.run_id = page.run_id)",
+    ),
+}
+
+
+def wanted_data(info: Info) -> frozenset[str]:
+    """Which of params, metrics and tags the query asks of the page's runs (fragments included;
+    a field of that name deeper down, e.g. under `parentRun`, counts too: it only costs a
+    column)."""
+    names: set[str] = set()
+    todo: list[Any] = list(info.selected_fields)
+    while todo:
+        node = todo.pop()
+        name = getattr(node, "name", None)
+        if name is not None:
+            names.add(name)
+        todo.extend(getattr(node, "selections", ()))
+    return frozenset(kind for kind, (fields, _) in _DATA.items() if names & fields)
+
+
+def with_data(statement: str, kinds: frozenset[str]) -> str:
+    """``statement`` (a page of `rm.runs` rows) with a `data_<kind>` JSON column per kind."""
+    if not kinds:
+        return statement
+    columns = ", ".join(
+        f"{sql} AS data_{kind}" for kind, (_, sql) in _DATA.items() if kind in kinds
+    )
+    return f"SELECT page.*, {columns} FROM ({statement}) page"
+
+
+def _run(r: Any, kinds: frozenset[str]) -> Run:
+    run = Run.from_row(r)
+    if kinds:
+        run.preloaded = RunData(
+            params=(r["data_params"] or {}) if "params" in kinds else None,
+            metrics=(r["data_metrics"] or {}) if "metrics" in kinds else None,
+            tags=(r["data_tags"] or {}) if "tags" in kinds else None,
+        )
+    return run
+
+
 async def _fetch(info: Info, statement: str, args: list[Any]) -> list[Any]:
     """Run a search statement, planned for its actual values, without parallel workers.
 
@@ -277,20 +347,35 @@ async def search_runs(
     if len(given) != 1:
         raise BadInput("`orderBy` takes one of `metric` and `attribute` (or `param` or `tag`)")
     count = _count(info, project, f)
+    page = _Page(info, wanted_data(info))
     if order.metric is not None:
-        rows = await _by_metric(info, project, f, order, order.metric, limit, after)
+        rows = await _by_metric(page, project, f, order, order.metric, limit, after)
     elif order.param is not None:
-        rows = await _by_key(info, project, f, "param", order.param, order.direction, limit, after)
+        rows = await _by_key(page, project, f, "param", order.param, order.direction, limit, after)
     elif order.tag is not None:
-        rows = await _by_key(info, project, f, "tag", order.tag, order.direction, limit, after)
+        rows = await _by_key(page, project, f, "tag", order.tag, order.direction, limit, after)
     else:
         assert order.attribute is not None
-        rows = await _by_attribute(info, project, f, order.attribute, order.direction, limit, after)
+        rows = await _by_attribute(page, project, f, order.attribute, order.direction, limit, after)
     return connection(rows, limit, after, count)
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """How a page is fetched: the request, and what its runs carry along."""
+
+    info: Info
+    kinds: frozenset[str]
+
+    async def fetch(self, statement: str, args: list[Any]) -> list[Any]:
+        return await _fetch(self.info, with_data(statement, self.kinds), args)
+
+    def run(self, r: Any) -> Run:
+        return _run(r, self.kinds)
+
+
 async def _by_attribute(
-    info: Info,
+    page: _Page,
     project: str,
     f: RunFilter | None,
     attribute: RunAttribute,
@@ -310,8 +395,8 @@ async def _by_attribute(
             f"SELECT r.* FROM rm.runs r WHERE {' AND '.join(sql.where)} "
             f"ORDER BY r.run_id {way} LIMIT {sql.arg(limit + 1)}"
         )
-        rows = await _fetch(info, statement, sql.args)
-        return [(cursor(r["run_id"]), Run.from_row(r)) for r in rows]
+        rows = await page.fetch(statement, sql.args)
+        return [(cursor(r["run_id"]), page.run(r)) for r in rows]
     expr, kind = _ATTRIBUTES[attribute]
     key = uncursor(after, (str, type(None)), str)
     if key:
@@ -326,18 +411,18 @@ async def _by_attribute(
         f"SELECT r.* FROM rm.runs r WHERE {' AND '.join(sql.where)} "
         f"ORDER BY {expr} {way}, r.run_id {way} LIMIT {sql.arg(limit + 1)}"
     )
-    rows = await _fetch(info, statement, sql.args)
+    rows = await page.fetch(statement, sql.args)
     column = attribute.value
 
     def at(r: Any) -> str | None:
         v = r[column]
         return None if v is None else (v.isoformat() if kind == "timestamptz" else str(v))
 
-    return [(cursor(at(r), r["run_id"]), Run.from_row(r)) for r in rows]
+    return [(cursor(at(r), r["run_id"]), page.run(r)) for r in rows]
 
 
 async def _by_metric(
-    info: Info,
+    page: _Page,
     project: str,
     f: RunFilter | None,
     order: RunOrder,
@@ -375,8 +460,8 @@ async def _by_metric(
             f"WHERE m.project = r.project AND {' AND '.join(sql.where)} "
             f"ORDER BY m.{column} {way}, m.run_id {way} LIMIT {sql.arg(limit + 1)}"
         )
-        rows = await _fetch(info, statement, sql.args)
-        out = [(cursor(0, r["sort_value"], r["run_id"]), Run.from_row(r)) for r in rows]
+        rows = await page.fetch(statement, sql.args)
+        out = [(cursor(0, r["sort_value"], r["run_id"]), page.run(r)) for r in rows]
         if len(out) > limit or needs_metric:
             return out
     sql = _Sql()
@@ -391,12 +476,12 @@ async def _by_metric(
         f"SELECT r.* FROM rm.runs r WHERE {' AND '.join(sql.where)} "
         f"ORDER BY r.run_id {way} LIMIT {sql.arg(limit + 1 - len(out))}"
     )
-    rows = await _fetch(info, statement, sql.args)
-    return out + [(cursor(1, None, r["run_id"]), Run.from_row(r)) for r in rows]
+    rows = await page.fetch(statement, sql.args)
+    return out + [(cursor(1, None, r["run_id"]), page.run(r)) for r in rows]
 
 
 async def _by_key(
-    info: Info,
+    page: _Page,
     project: str,
     f: RunFilter | None,
     kind: str,
@@ -444,8 +529,8 @@ async def _by_key(
                 f"WHERE v.project = r.project AND {' AND '.join(sql.where)} "
                 f"ORDER BY v.value {way}, v.run_id {way} LIMIT {sql.arg(limit + 1)}"
             )
-        rows = await _fetch(info, statement, sql.args)
-        out = [(cursor(0, r["sort_value"], r["run_id"]), Run.from_row(r)) for r in rows]
+        rows = await page.fetch(statement, sql.args)
+        out = [(cursor(0, r["sort_value"], r["run_id"]), page.run(r)) for r in rows]
         if len(out) > limit:
             return out
     sql = _Sql()
@@ -460,5 +545,5 @@ async def _by_key(
         f"SELECT r.* FROM rm.runs r WHERE {' AND '.join(sql.where)} "
         f"ORDER BY r.run_id {way} LIMIT {sql.arg(limit + 1 - len(out))}"
     )
-    rows = await _fetch(info, statement, sql.args)
-    return out + [(cursor(1, "", r["run_id"]), Run.from_row(r)) for r in rows]
+    rows = await page.fetch(statement, sql.args)
+    return out + [(cursor(1, "", r["run_id"]), page.run(r)) for r in rows]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import strawberry
@@ -261,6 +262,31 @@ class Tag:
     value: str
 
 
+@dataclass(slots=True)
+class RunData:
+    """A run's params, metrics and tags, fetched with the run (None: not fetched)."""
+
+    params: dict[str, Any] | None = None
+    metrics: dict[str, dict[str, Any]] | None = None
+    tags: dict[str, str] | None = None
+
+
+# How a metric's `at` reads in `metricMap`: what `_search.py`'s SQL spells with to_char.
+METRIC_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+
+
+def metric_entry(r: Record) -> dict[str, Any]:
+    """A `metricMap` entry from an rm.run_metrics row (as the search SQL builds it)."""
+    return {
+        "value": r["value"],
+        "step": r["step"],
+        "at": r["at"].astimezone(UTC).strftime(METRIC_AT_FORMAT),
+        "min": r["min_value"],
+        "max": r["max_value"],
+        "count": r["points"],
+    }
+
+
 @strawberry.type(description="A metric's latest point (by step, then time) and its range.")
 class Metric:
     key: str
@@ -272,15 +298,15 @@ class Metric:
     count: int
 
     @classmethod
-    def from_row(cls, r: Record) -> Metric:
+    def from_entry(cls, key: str, m: dict[str, Any]) -> Metric:
         return cls(
-            key=r["key"],
-            value=r["value"],
-            step=r["step"],
-            at=r["at"],
-            min=r["min_value"],
-            max=r["max_value"],
-            count=r["points"],
+            key=key,
+            value=m["value"],
+            step=m["step"],
+            at=datetime.fromisoformat(m["at"]),
+            min=m["min"],
+            max=m["max"],
+            count=m["count"],
         )
 
 
@@ -373,6 +399,9 @@ class Run(Node):
     environment: JSON | None
     error: JSON | None
     parent_run_id: str | None
+    # Params, metrics and tags as a search page fetched them with the runs (`_search.py`), as
+    # the maps `paramMap`, `metricMap` and `tagMap` return; None: ask the loaders.
+    preloaded: strawberry.Private[RunData | None] = None
 
     @classmethod
     def from_row(cls, r: Record) -> Run:
@@ -407,21 +436,66 @@ class Run(Node):
         row = await info.context.loaders.run.load((self.project, self.parent_run_id))
         return None if row is None else Run.from_row(row)
 
+    async def _params(self, info: Info) -> dict[str, Any]:
+        if self.preloaded is not None and self.preloaded.params is not None:
+            return self.preloaded.params
+        rows = await info.context.loaders.params.load((self.project, self.run_id))
+        return {r["key"]: r["value"] for r in rows}
+
+    async def _tags(self, info: Info) -> dict[str, str]:
+        if self.preloaded is not None and self.preloaded.tags is not None:
+            return self.preloaded.tags
+        rows = await info.context.loaders.tags.load((self.project, self.run_id))
+        return {r["key"]: r["value"] for r in rows}
+
+    async def _metrics(self, info: Info) -> dict[str, dict[str, Any]]:
+        if self.preloaded is not None and self.preloaded.metrics is not None:
+            return self.preloaded.metrics
+        rows = await info.context.loaders.metrics.load((self.project, self.run_id))
+        return {r["key"]: metric_entry(r) for r in rows}
+
     @typed.field()
     async def params(self, info: Info) -> list[Param]:
-        rows = await info.context.loaders.params.load((self.project, self.run_id))
-        return [Param(key=r["key"], value=r["value"]) for r in rows]
+        return [Param(key=k, value=v) for k, v in (await self._params(info)).items()]
 
     @typed.field()
     async def tags(self, info: Info) -> list[Tag]:
-        rows = await info.context.loaders.tags.load((self.project, self.run_id))
-        return [Tag(key=r["key"], value=r["value"]) for r in rows]
+        return [Tag(key=k, value=v) for k, v in (await self._tags(info)).items()]
 
     @typed.field(description="Latest value, min, max and count of every metric key.")
     async def metrics(self, info: Info, keys: list[str] | None = None) -> list[Metric]:
-        rows = await info.context.loaders.metrics.load((self.project, self.run_id))
         wanted = set(keys) if keys is not None else None
-        return [Metric.from_row(r) for r in rows if wanted is None or r["key"] in wanted]
+        return [
+            Metric.from_entry(k, m)
+            for k, m in (await self._metrics(info)).items()
+            if wanted is None or k in wanted
+        ]
+
+    @typed.field(
+        description="Its params as one JSON object, key to value, in key order: `params` "
+        "without an object per param (cheaper for a page of many runs)."
+    )
+    async def param_map(self, info: Info) -> JSON:
+        return JSON(await self._params(info))
+
+    @typed.field(
+        description="Its tags as one JSON object, key to value, in key order: `tags` without "
+        "an object per tag."
+    )
+    async def tag_map(self, info: Info) -> JSON:
+        return JSON(await self._tags(info))
+
+    @typed.field(
+        description="Its metrics (those in `keys`, when given) as one JSON object, key to "
+        '`{"value", "step", "at", "min", "max", "count"}` (`value` the latest point, `at` its '
+        "time in UTC, ISO 8601), in key order: `metrics` without an object per metric."
+    )
+    async def metric_map(self, info: Info, keys: list[str] | None = None) -> JSON:
+        metrics = await self._metrics(info)
+        if keys is not None:
+            wanted = set(keys)
+            metrics = {k: m for k, m in metrics.items() if k in wanted}
+        return JSON(metrics)
 
     @typed.field(
         description=f"Every point of one metric, by step; `stepFrom`/`stepTo` bound the range (inclusive). Pages of up to {HISTORY_PAGE_CAP}."
