@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+import posixpath
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -124,7 +125,7 @@ async def _receive(ctx: Ctx, store: Store, path: str) -> tuple[str, int]:
 
     def open_target() -> IO[bytes]:
         if store.local:
-            store.fs.makedirs(store.fs._parent(target), exist_ok=True)
+            store.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         return cast(IO[bytes], store.fs.open(target, "wb"))
 
     out = await asyncio.to_thread(open_target)
