@@ -205,6 +205,13 @@ async def test_paged_every_nth_and_bucketed_reads_match_the_points(
             p["step"] for p in by_step if 1500 <= p["step"] <= 2600
         ]
         assert await pages(7, None, None) == [p["step"] for p in by_step if p["ordinal"] % 7 == 0]
+        # Sparse: read by subscript, not by unpacking whole chunks.
+        assert await pages(300, None, None) == [
+            p["step"] for p in by_step if p["ordinal"] % 300 == 0
+        ]
+        assert await pages(300, 1000, None) == [
+            p["step"] for p in by_step if p["ordinal"] % 300 == 0 and p["step"] >= 1000
+        ]
 
         buckets = await Loaders(pool).metric_buckets.load(("churn", "r1", "acc", None, None, 10))
         lo, hi = by_step[0]["step"], by_step[-1]["step"]

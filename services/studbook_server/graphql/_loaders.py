@@ -86,14 +86,25 @@ CROSS JOIN LATERAL (
           AND c.step_max >= greatest(coalesce(k.step_from, 0), coalesce(k.after_step, 0))
           AND (k.step_to IS NULL OR c.step_min <= k.step_to)
         WINDOW w AS (ORDER BY c.step_min, c.seq)
-    ), bound AS (SELECT min(reach) AS reach FROM cand WHERE surely >= k.lim)
-    SELECT u.step, u.value, u.at, u.position
-    FROM cand JOIN rm.metric_chunks c ON c.series_id = s.id AND c.seq = cand.seq
-    CROSS JOIN LATERAL unnest(c.steps, c.vals, c.ats, c.positions)
-         WITH ORDINALITY AS u(step, value, at, position, o)
-    WHERE cand.step_min <= coalesce((SELECT reach FROM bound), cand.step_min)
-      AND (k.every = 1 OR (c.seq + u.o - 1) % k.every = 0)
-      AND (k.step_from IS NULL OR u.step >= k.step_from)
+    ), bound AS (SELECT min(reach) AS reach FROM cand WHERE surely >= k.lim),
+    picked AS (
+        SELECT seq FROM cand WHERE step_min <= coalesce((SELECT reach FROM bound), step_min)
+    )
+    SELECT u.step, u.value, u.at, u.position, c.seq, u.o
+    FROM picked JOIN rm.metric_chunks c ON c.series_id = s.id AND c.seq = picked.seq
+    CROSS JOIN LATERAL (
+        -- Whole arrays for dense reads; for sparse ones (`every` >= 64) only the subscripts
+        -- wanted, so a chunk is decompressed once per point taken, not unpacked whole.
+        SELECT x.step, x.value, x.at, x.position, x.o
+        FROM unnest(c.steps, c.vals, c.ats, c.positions)
+             WITH ORDINALITY AS x(step, value, at, position, o)
+        WHERE k.every < 64 AND (k.every = 1 OR (c.seq + x.o - 1) % k.every = 0)
+        UNION ALL
+        SELECT c.steps[i], c.vals[i], c.ats[i], c.positions[i], i
+        FROM generate_series((k.every - c.seq % k.every) % k.every + 1, c.n, k.every) AS i
+        WHERE k.every >= 64
+    ) u
+    WHERE (k.step_from IS NULL OR u.step >= k.step_from)
       AND (k.step_to IS NULL OR u.step <= k.step_to)
       AND (k.after_step IS NULL OR (u.step, u.position) > (k.after_step, k.after_position))
     ORDER BY u.step, u.position, c.seq, u.o LIMIT k.lim
