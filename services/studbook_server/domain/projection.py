@@ -1129,6 +1129,8 @@ NOT_REDACTABLE = frozenset({
     "path", "logged_model", "experiment", "size_bytes",
     # model.updated, model.version.updated: lifecycle facts the read models act on
     "deleted", "stage",
+    # experiment.updated, run.lifecycle.set: whether it is deleted, which the read models keep
+    "lifecycle_stage",
     # openlineage.event.reported: what kind of OpenLineage event it keeps
     "kind",
 })  # fmt: skip
