@@ -79,3 +79,32 @@ def test_an_invalid_batch_still_gets_the_precise_message() -> None:
     }  # fmt: skip
     [violation] = contract.validate_event(event)
     assert violation.path == "/payload/metrics/1/value"
+
+
+def test_points_of_one_second_are_parsed_once_and_still_checked() -> None:
+    same_second = [
+        {"key": "loss", "value": 1.0, "step": n, "timestamp": f"2026-03-01T09:00:00.{n:06d}Z"}
+        for n in range(1, 50)
+    ]
+    assert contract._metrics_v1_fast_ok({"metrics": same_second})
+    # A cached second never lets another second through unchecked.
+    for bad in ("2026-02-30T09:00:00.5Z", "2026-03-01T09:00:00.5+25:00", "2026-03-01T09:00:00.5"):
+        payload = {"metrics": [*same_second, {"key": "loss", "value": 1.0, "timestamp": bad}]}
+        assert not contract._metrics_v1_fast_ok(payload), bad
+        event = {
+            "event_id": "0195f0c4-5d2e-7a1b-8c3d-4e5f60718293", "type": "run.metrics.logged",
+            "schema_version": 1, "occurred_at": "2026-03-01T09:00:00Z", "actor": "a",
+            "project": "p", "subject": "run:r", "payload": payload,
+        }  # fmt: skip
+        assert contract.validate_event(event), bad  # and the full check refuses it too
+
+
+def test_a_second_at_the_edge_of_the_time_range_is_not_cached() -> None:
+    latest = contract._Latest.get()
+    edge = latest.replace(microsecond=0)  # part of this second lies past the allowance
+    prefix = edge.strftime("%Y-%m-%dT%H:%M:%S")
+    if latest.microsecond != 999_999:
+        assert not contract._whole_second_valid(prefix, "Z")
+    assert contract._whole_second_valid("2026-03-01T09:00:00", "+02:00")
+    assert not contract._whole_second_valid("1969-12-31T23:59:59", "Z")
+    assert not contract._whole_second_valid("2026-02-30T00:00:00", "Z")
