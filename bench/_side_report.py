@@ -215,6 +215,41 @@ def compat_markdown(compat: Mapping[str, Any]) -> str:
     return out
 
 
+# What the profiles in bench/README.md found behind each goal; kept here so every rewrite of
+# docs/benchmarks.md carries it. Revise it when a profile changes.
+WHAT_LIMITS = """\
+### What limits each goal, as profiled
+
+* **Ingest.** The SDK no longer waits on the network at a run's end (0.13 ms instead of 138 ms
+  per run; `bench/sdk_sweep.py`: 1.37x points/s until queryable). What remains is the server
+  pipeline sharing the host's cores: in the projector, decoding and validating metric events
+  take 37% of its time, the event store's append and COPY 33%, the chunk writes 19% and the
+  projection rule 11% (`bench/metric_storage.py --profile`, bench/README.md). What would move
+  it: validating a metric batch without parsing each point (a timestamp's second is now parsed
+  once: 0.72x), decoding the next batch while the previous one is stored, and cores: at this
+  size each of gateway, projector and PostgreSQL is busy at once.
+* **Register.** The number is in the gateway's answer (one round trip,
+  [write path](write-path.md#model-version-numbers-are-given-on-acceptance)); what this row
+  adds is reading the version back, which waits for the projector to commit the batch holding
+  it. With Kafka that is the freshness below.
+* **Search.** At 100k runs a page of 100 with full data costs 1.43x the lean page through
+  `searchRunTable` (6.35x through the list fields the web UI asks for), and the rest is the
+  GraphQL executor: the list shape executes about 7,600 fields per page
+  (`bench/graphql_queries.py --scenario search --profile-shape lists`). On this shared host a
+  bare `{ __typename }` took 15-17 ms at p50, so the 20 ms goal cannot be shown here; what
+  would move it: a quiet host, and the web UI on `searchRunTable`.
+* **Lag.** With Kafka the batching adds at most `STUDBOOK_BATCH_LATENCY_MS` (25 ms); the lag
+  measured is backlog: on the loaded host the projector stored 1.3k-2.2k events/s of a steady
+  stream (`bench/freshness.py`), so at 5k events/s events queue. It moves with the projector's
+  throughput (the ingest row).
+* **Storage.** The read models hold a point in about 23 B (chunks of 1024 points, pglz: values
+  8 B, times 4.5 B, steps 3.3 B); the event store keeps every point's JSON, about 26 B each
+  compressed (`bench/metric_storage.py`), and this row also counts the runs' other events. What
+  would move it: lz4 on the event store (this PostgreSQL is built without it), or metric
+  batches kept in the event store in a binary form.
+"""
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     w, m = report["workload"], report["machine"]
     page = w["search_page"]
@@ -250,6 +285,7 @@ servers. A ratio is Studbook / MLflow in the same repetition (the median of thos
 
 {goals_table(report["goals_met"])}
 
+{WHAT_LIMITS}
 ## How each row is measured
 
 * **MLflow**: `mlflow server` {m["mlflow_version"]} ({w["mlflow_workers"]} gunicorn workers,
