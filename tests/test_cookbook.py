@@ -135,7 +135,7 @@ ALLOWED_EMPTY = {
 
 STARTS = (
     '{\n  run(id: "churn/run:logreg-v1-01")', '{\n  dataset(id: "churn/dataset:features")',
-    '{\n  model(id: "churn/model:churn-clf")', "{\n  searchRuns(",
+    '{\n  model(id: "churn/model:churn-clf")', "{\n  searchRuns(", "{\n  searchRunTable(",
     '{\n  lineage(from: "churn/model_version:churn-clf@1"', "{\n  impact(datasetVersion:",
     "{\n  compareRuns(", "{\n  # Which version was production on 2026-09-30",
     "mutation {\n  setAlias(", "mutation {\n  removeAlias(", "subscription {",
@@ -196,6 +196,25 @@ def test_search(demo: tuple[_Up, str]) -> None:
     accuracies = [n["metrics"][0]["value"] for n in data["searchRuns"]["nodes"]]
     assert accuracies == sorted(accuracies, reverse=True)
     assert all(a > 0.7 for a in accuracies)
+
+
+def test_search_as_a_table(demo: tuple[_Up, str]) -> None:
+    data = _post(*demo, _block("{\n  searchRunTable("))
+    table = data["searchRunTable"]
+    assert table["totalCount"] == len(table["rows"]) > 0
+    assert {r["status"] for r in table["rows"]} == {"COMPLETED"}
+    # Ordered by val_accuracy, highest first; runs without it (if any) come last.
+    have = [("val_accuracy" in r["metrics"]) for r in table["rows"]]
+    assert any(have)
+    assert have == sorted(have, reverse=True)
+    accuracies = [
+        r["metrics"]["val_accuracy"]["value"]
+        for r in table["rows"]
+        if "val_accuracy" in r["metrics"]
+    ]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert all(set(r["metrics"]) <= {"val_accuracy", "loss"} for r in table["rows"])
+    assert table["pageInfo"]["endCursor"] == table["rows"][-1]["cursor"]
 
 
 def test_lineage(demo: tuple[_Up, str]) -> None:
