@@ -244,11 +244,13 @@ async def metric_history(
     """One series' points as (step, value, at), in (step, at, arrival) order, skipping
     ``offset``, at most ``limit``.
 
-    The only reader of per-point storage: adapt here when metric points move."""
+    The adapter's only reader of per-point storage (rm.metric_chunks, docs/operations.md)."""
     rows = await pool.fetch(
-        "SELECT step, value, at FROM rm.run_metric_points "
-        "WHERE project = $1 AND run_id = $2 AND key = $3 "
-        "ORDER BY step, at, position OFFSET $4 LIMIT $5",
+        "SELECT u.step, u.value, u.at FROM rm.metric_series s "
+        "JOIN rm.metric_chunks c ON c.series_id = s.id, "
+        "unnest(c.steps, c.vals, c.ats, c.positions) AS u(step, value, at, position) "
+        "WHERE s.project = $1 AND s.run_id = $2 AND s.key = $3 "
+        "ORDER BY u.step, u.at, u.position OFFSET $4 LIMIT $5",
         project, run_id, key, offset, limit,
     )  # fmt: skip
     return [(r["step"], r["value"], r["at"]) for r in rows]
