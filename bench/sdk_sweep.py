@@ -19,7 +19,7 @@ The clock starts just before the client's first `start_run` (CLOCK_MONOTONIC, sy
 Linux) and stops when the read models hold every point and every run is `completed` (polled
 every 20 ms: `sum(points)` of `rm.run_metrics` plus the completed runs of `rm.runs`). Then the
 client's last consistency token must be caught up (`GET /v1/consistency`), and
-`count(*)` of `rm.run_metric_points` must equal the points logged, with no dead letters.
+the points in `rm.metric_chunks` must equal the points logged, with no dead letters.
 
 Measurements are interleaved (blocking, handoff, blocking, ...) `--repeat` times; the report
 gives medians, the ratio handoff / blocking, and per variant the client's own figures (the
@@ -216,13 +216,13 @@ async def _caught_up(port: int, token: str | None, bearer: str) -> bool | None:
 async def _verify(
     con: asyncpg.Connection, args: argparse.Namespace, caught_up: bool | None
 ) -> dict[str, Any]:
-    points = await con.fetchval("SELECT count(*) FROM rm.run_metric_points")
+    points = await con.fetchval("SELECT coalesce(sum(n), 0) FROM rm.metric_chunks")
     runs = await con.fetchval("SELECT count(*) FROM rm.runs WHERE status = 'completed'")
     params = await con.fetchval("SELECT count(*) FROM rm.run_params")
     dead = await con.fetchval("SELECT count(*) FROM public.dead_letters")
     problems = []
     if points != args.points:
-        problems.append(f"rm.run_metric_points holds {points} rows, expected {args.points}")
+        problems.append(f"rm.metric_chunks holds {points} points, expected {args.points}")
     if runs != args.runs:
         problems.append(f"{runs} completed runs, expected {args.runs}")
     if params != args.runs * args.params:

@@ -370,7 +370,10 @@ print(json.dumps({{"runs": runs, "versions": versions}}))
 async def _check_sweep(url: str, result: dict[str, Any], trials: int, steps: int) -> None:
     finished = "SELECT count(*) FROM runs WHERE status = 'completed' AND run_id = ANY($1::text[])"
     await _wait_for(url, finished, trials, result["runs"])
-    points = "SELECT count(*) FROM run_metric_points WHERE run_id = ANY($1::text[])"
+    points = (
+        "SELECT coalesce(sum(c.n), 0) FROM metric_chunks c JOIN metric_series s ON s.id = c.series_id"
+        " WHERE s.run_id = ANY($1::text[])"
+    )
     await _wait_for(url, points, trials * steps, result["runs"])
     await _wait_for(url, "SELECT count(*) FROM model_versions WHERE model = 'sweep-clf'", trials)
     con = await postgres.connect(url)
