@@ -283,6 +283,44 @@ async def topic_records(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
+async def _where_in_topic(
+    con: Any, bootstrap: str, topic: str, group: str | None, lost: set[str]
+) -> str:
+    """Where the lost events are in the topic (partition@offset), and the stored offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[str, list[str]] = {}
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        assert tps, f"topic {topic} has no partitions"
+        ends = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                for r in records:
+                    event_id = orjson.loads(r.value).get("event_id") if r.value else None
+                    if event_id in lost:
+                        found.setdefault(event_id, []).append(f"{tp.partition}@{r.offset}")
+                    if r.offset + 1 >= ends[tp]:
+                        left.discard(tp)
+    finally:
+        await consumer.stop()
+    offsets = await con.fetch(
+        "SELECT partition, next_offset FROM public.consumer_offsets WHERE topic = $1"
+        + (" AND group_id = $2" if group else "") + " ORDER BY partition",
+        *([topic, group] if group else [topic]),
+    )  # fmt: skip
+    missing = sorted(lost - set(found))
+    return (
+        f"; in the topic: {dict(sorted(found.items()))}; never published: {missing[:5]}"
+        f" ({len(missing)}); ends {[ends[tp] for tp in tps]}; stored offsets "
+        f"{[(r['partition'], r['next_offset']) for r in offsets]}"
+    )
+
+
 async def token(url: str, scopes: Sequence[str] = ("read", "write", "approve")) -> str:
     con = await postgres.connect(url)
     try:
@@ -720,10 +758,12 @@ async def wait_projected(
 async def check_exact(
     url: str, *, ids: set[str], points: int, dead_letters: int, records: int | None = None,
     group: str | None = None, topic: str | None = None, runs: int | None = None,
+    bootstrap: str | None = None,
 ) -> Counts:  # fmt: skip
     """Every event of ``ids`` stored exactly once and projected, ``points`` metric points each
     stored once, exactly ``dead_letters`` dead letters, the chain intact, and the read models
-    equal to a rebuild. Returns the counts."""
+    equal to a rebuild. Returns the counts. With ``bootstrap`` and ``topic``, a lost event is
+    looked up in the topic, so the failure says whether it was ever published."""
     con = await postgres.connect(url)
     try:
         n, distinct, low, high = await con.fetchrow(
@@ -732,8 +772,12 @@ async def check_exact(
         )
         stored = {r[0] for r in await con.fetch("SELECT event_id::text FROM public.events")}
         lost, unknown = ids - stored, stored - ids
+        where = ""
+        if lost and bootstrap and topic:
+            where = await _where_in_topic(con, bootstrap, topic, group, lost)
         assert (len(lost), len(unknown)) == (0, 0), (
             f"{len(lost)} events lost (e.g. {sorted(lost)[:3]}), {len(unknown)} unknown stored"
+            + where
         )
         assert n == distinct == len(ids), f"{n} rows, {distinct} distinct ids, {len(ids)} sent"
         assert (low or 1, high or 0) == (1, n), f"positions {low}..{high}, not 1..{n}"

@@ -181,8 +181,9 @@ async def _drain(dep: Deployment, projectors: list[Service], **expected: Any) ->
         code = await asyncio.to_thread(p.terminate)
         assert code == 0, f"{p.name}: exit code {code} after SIGTERM\n{p.tail()}"
     counts = await check_exact(
-        dep.url, records=records, group=dep.group, topic=dep.topic, **expected
-    )
+        dep.url, records=records, group=dep.group, topic=dep.topic,
+        bootstrap=dep.bootstrap, **expected,
+    )  # fmt: skip
     return counts, records
 
 
