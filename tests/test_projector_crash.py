@@ -601,3 +601,62 @@ async def test_sigterm_while_consuming_finishes_the_batch_and_exits_0(
             p.close()
 
     await _check_store(url, stream, group, topic, "")
+
+
+REBALANCES = 4
+
+
+async def test_rebalances_under_traffic_lose_and_duplicate_nothing(
+    services: Services, database_factory: Factory, topic_factory: Factory,
+    kafka_producer: AIOKafkaProducer, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A second projector joins the group and leaves it again, over and over, while records
+    keep arriving: every join and every leave revokes the first projector's partitions while it
+    is gathering or storing a batch, and gives them back at the offsets PostgreSQL holds.
+    Everything is stored exactly once."""
+    rng = random.Random(SEED + 2)
+    url, topic, group = await _fresh(services, database_factory, topic_factory)
+    stream = Stream(rng)
+    key = await attestation_key(url)
+    env = _env(url, services.kafka_bootstrap, topic, group, batch=50)
+    stop = asyncio.Event()
+
+    async def feed() -> None:
+        while not stop.is_set():
+            await produce(
+                kafka_producer, topic, stream.chunk(runs=1, metric_events=4, late_metrics=1),
+                key=key,
+            )  # fmt: skip
+            await asyncio.sleep(0.01)
+
+    procs: list[Projector] = []
+    history = ""
+    feeder = asyncio.create_task(feed())
+    try:
+        first = Projector(env, tmp_path / "projector-0.log")
+        procs.append(first)
+        for n in range(1, REBALANCES + 1):
+            other = Projector(env, tmp_path / f"projector-{n}.log")
+            procs.append(other)
+            await asyncio.sleep(rng.uniform(3.0, 5.0))  # long enough for the join to complete
+            code, _ = await other.stop(signal.SIGTERM)
+            assert code == 0, other.tail()
+            history += (
+                f"projector {n}: {other.output().count('projector assigned')} assignment(s)\n"
+            )
+            await asyncio.sleep(rng.uniform(0.5, 1.5))
+        stop.set()
+        await feeder
+        await _until_consumed(first, url, group, topic, len(stream.events))
+        code, _ = await first.stop(signal.SIGTERM)
+        assert code == 0, first.tail()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await feeder
+        for p in procs:
+            p.close()
+    # The joins and leaves really took partitions away from the first projector mid-stream.
+    revoked = first.output().count("Revoking previously assigned partitions frozenset")
+    assert revoked >= REBALANCES, f"{revoked} revocations\n{history}{first.tail()}"
+    await _check_store(url, stream, group, topic, history + first.tail())

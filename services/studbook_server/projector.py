@@ -286,8 +286,12 @@ class KafkaProjector:
         self._stopping.set()
 
     async def seek_to_stored(self, assigned: Sequence[TopicPartition]) -> None:
+        """Position a new assignment at the offsets PostgreSQL holds (the rebalance listener)."""
+        await self._position(assigned, "assigned")
+        self.positioned.set()
+
+    async def _position(self, assigned: Sequence[TopicPartition], why: str) -> None:
         if not assigned:
-            self.positioned.set()
             return
         # Without the stored offsets nothing may be consumed: wait for PostgreSQL.
         async for attempt in retrying(self._stopping, f"{self.name}: reading stored offsets"):
@@ -300,17 +304,18 @@ class KafkaProjector:
                     [tp.partition for tp in assigned],
                 )
         stored = {r["partition"]: r["next_offset"] for r in rows}
+        current = self.consumer.assignment()  # a rebalance may have begun while reading
         for tp in assigned:
             # Partitions without a stored offset start at the beginning by themselves
             # (auto_offset_reset=earliest, and nothing is ever committed to Kafka).
-            if tp.partition in stored:
+            if tp.partition in stored and tp in current:
                 self.consumer.seek(tp, stored[tp.partition])
         # aiokafka may hand out records fetched before this seek ran; they are skipped below.
         self._floor.update(stored)
-        self.positioned.set()
         log.info(
-            "%s assigned %s, resuming at %s",
+            "%s %s %s, resuming at %s",
             self.name,
+            why,
             sorted(tp.partition for tp in assigned),
             stored,
         )
@@ -346,12 +351,12 @@ class KafkaProjector:
         batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(
             timeout_ms=max(1, min(s.batch_timeout_ms, 1000)), max_records=s.batch_max_records
         )
-        if not batch or s.batch_latency_ms <= 0:
+        if not batch:
             return batch
         loop = asyncio.get_running_loop()
         close_at = loop.time() + s.batch_latency_ms / 1000
         count = sum(len(records) for records in batch.values())
-        while count < s.batch_max_records:
+        while s.batch_latency_ms > 0 and count < s.batch_max_records:
             left_ms = (close_at - loop.time()) * 1000
             if left_ms <= 0:
                 break
@@ -367,8 +372,15 @@ class KafkaProjector:
                 batch.setdefault(tp, []).extend(records)
                 count += len(records)
         if self._assignments != assignments:
-            # Partitions were revoked meanwhile: the new assignment resumes from the offsets
-            # PostgreSQL holds, so these records come again (or go to the new owner).
+            # Partitions were revoked meanwhile, so this batch may mix records of the old
+            # assignment with records fetched after the new one was positioned. Drop it all, and
+            # position again at the offsets PostgreSQL holds: the records fetched after the
+            # listener's seek moved the position past themselves, and would otherwise never come
+            # again (they were lost this way). Not yet positioned, the listener's seek is to come.
+            if self.positioned.is_set():
+                await self._position(
+                    list(self.consumer.assignment()), "dropped a batch gathered across a rebalance:"
+                )
             return {}
         return batch
 
