@@ -9,9 +9,9 @@ const row: RunRow = {
   actor: "alice",
   startedAt: "2026-09-07T08:00:00+00:00",
   finishedAt: null,
-  params: [{ key: "lr", value: 0.01 }, { key: "layers", value: [64, 32] }],
-  metrics: [{ key: "loss", value: 0.25, min: 0.2, max: 1.5 }],
-  tags: [{ key: "team", value: "growth" }],
+  params: { layers: [64, 32], lr: 0.01 },
+  metrics: { loss: { value: 0.25, min: 0.2, max: 1.5 } },
+  tags: { team: "growth" },
 };
 
 describe("runs table columns", () => {
@@ -27,6 +27,15 @@ describe("runs table columns", () => {
     expect(cell(row, { kind: "metric", key: "loss", agg: "MIN" })).toBe("0.2");
     expect(cell(row, { kind: "metric", key: "loss", agg: "MAX" })).toBe("1.5");
     expect(cell(row, { kind: "tag", key: "team" })).toBe("growth");
+    // Keys that name an Object.prototype member are only ever the run's own data.
+    for (const key of ["constructor", "toString", "__proto__"]) {
+      expect(cell(row, { kind: "param", key })).toBe("");
+      expect(cell(row, { kind: "metric", key, agg: "LATEST" })).toBe("");
+      expect(cell(row, { kind: "tag", key })).toBe("");
+    }
+    const odd = JSON.parse('{"constructor": 3, "__proto__": "x"}');
+    expect(cell({ ...row, params: odd }, { kind: "param", key: "constructor" })).toBe("3");
+    expect(cell({ ...row, tags: odd }, { kind: "tag", key: "__proto__" })).toBe("x");
   });
 
   it("sort through the API's orderings, the actor column excepted", () => {

@@ -18,9 +18,15 @@ export interface RunRow {
   actor: string;
   startedAt: string | null;
   finishedAt: string | null;
-  params: { key: string; value: unknown }[];
-  metrics: { key: string; value: number; min: number; max: number }[];
-  tags: { key: string; value: string }[];
+  // Keyed by name, as `searchRunTable` rows carry them (built by PostgreSQL, in key order).
+  params: Record<string, unknown>;
+  metrics: Record<string, { value: number; min: number; max: number }>;
+  tags: Record<string, string>;
+}
+
+/** ``map[key]`` when ``map`` has it itself (a key such as `constructor` is data, not the prototype's). */
+function own<T>(map: Record<string, T>, key: string): T | undefined {
+  return Object.hasOwn(map, key) ? map[key] : undefined;
 }
 
 export interface RunOrder {
@@ -89,11 +95,11 @@ export function cell(r: RunRow, c: Column): string {
       if (c.key === "finished") return time(r.finishedAt);
       return r.actor;
     case "param":
-      return value(r.params.find((p) => p.key === c.key)?.value);
+      return value(own(r.params, c.key));
     case "tag":
-      return r.tags.find((t) => t.key === c.key)?.value ?? "";
+      return own(r.tags, c.key) ?? "";
     case "metric": {
-      const m = r.metrics.find((x) => x.key === c.key);
+      const m = own(r.metrics, c.key);
       if (!m) return "";
       return num(c.agg === "MIN" ? m.min : c.agg === "MAX" ? m.max : m.value);
     }

@@ -31,18 +31,17 @@ describe("lineage layout", () => {
     expect([...placed.keys()]).toEqual(["a"]);
   });
 
-  it("lays out 1000 nodes in well under a second", () => {
+  // How fast is bench/ui_render.py's to measure (1 s target for layout and render); this checks
+  // that the settings it uses for big graphs keep the layout's promises.
+  it("lays out 1000 nodes keeping its promises", () => {
     const nodes = Array.from({ length: 1000 }, (_, i) => ({ id: `n${i}`, label: `dataset@${i}` }));
     const edges: LineageEdge[] = [];
     for (let i = 1; i < 1000; i++) {
       edges.push({ source: `n${Math.floor((i - 1) / 3)}`, destination: `n${i}`, type: "INPUT", role: null });
       if (i > 10 && i % 7 === 0) edges.push({ source: `n${i - 9}`, destination: `n${i}`, type: "DERIVED", role: null });
     }
-    const t = performance.now();
     const placed = layout(nodes, edges);
     expect(placed.size).toBe(1000);
-    expect(performance.now() - t).toBeLessThan(5000); // the browser benchmark holds the 1 s target
-    // The faster settings for big graphs keep the layout's promises.
     for (const e of edges) expect(placed.get(e.destination)!.x).toBeGreaterThan(placed.get(e.source)!.x);
     const byRank = new Map<number, Placed[]>();
     for (const p of placed.values()) byRank.set(p.x, [...(byRank.get(p.x) ?? []), p]);
