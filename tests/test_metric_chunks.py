@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from studbook_server.adapters import postgres
+from studbook_server.adapters import postgres, readmodels
 from studbook_server.adapters.readmodels import CHUNK_POINTS, catch_up, cut_chunks
 from studbook_server.domain.contract import event_from_dict
 from studbook_server.graphql._ids import cursor
@@ -36,6 +36,20 @@ def test_cut_chunks_seals_at_multiples_and_keeps_one_tail_row_per_event() -> Non
     # From ordinal 5 (a tail of 1 point before): tail rows per event, none sealed.
     rows = cut_chunks(7, 5, steps[:2], [0.0, 1.0], ats[:2], [9, 10], size=4)
     assert [(r[1], r[2], r[8], r[9]) for r in rows] == [(5, 1, 9, 9), (6, 1, 10, 10)]
+
+
+def test_short_arrays_pack_as_the_general_encoder_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-struct path for short arrays writes the same bytes as the general one."""
+    rng = random.Random(5)
+    cases: list[tuple[int, str, list[Any]]] = []
+    for n in (0, 1, 2, 3, 7, 31, 32):
+        ints = [rng.randint(-(2**63), 2**63 - 1) for _ in range(n)]
+        floats = [rng.choice([rng.uniform(-1e9, 1e9), 0.0, -0.0, float("inf"), 5e-324])
+                  for _ in range(n)]  # fmt: skip
+        cases += [(20, "q", ints), (701, "d", floats), (1184, "q", ints)]
+    short = [readmodels._array(oid, code, items) for oid, code, items in cases]
+    monkeypatch.setattr(readmodels, "_SHORT_ARRAY", -1)  # every array the general way
+    assert short == [readmodels._array(oid, code, items) for oid, code, items in cases]
 
 
 def test_a_chunk_keeps_the_latest_point_by_step_then_order() -> None:

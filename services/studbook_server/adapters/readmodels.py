@@ -457,9 +457,23 @@ _PG_EPOCH_US = 946_684_800_000_000
 _SWAP = sys.byteorder == "little"
 
 
+# Packing formats of short arrays (header and n elements of length 8), by (typecode, n): a tail
+# row often holds one event's one or few points, for which one struct call is about 4x faster
+# than the byte-interleaving below (measured at 1-32 elements).
+_SHORT_ARRAY = 32
+_SHORT_FORMATS: dict[tuple[str, int], struct.Struct] = {}
+
+
 def _array(oid: int, typecode: str, items: list[int] | list[float]) -> bytes:
     """A one-dimensional array without nulls of 8-byte elements, as `array_send` writes it."""
     n = len(items)
+    if n <= _SHORT_ARRAY:
+        packer = _SHORT_FORMATS.get((typecode, n))
+        if packer is None:
+            packer = _SHORT_FORMATS[(typecode, n)] = struct.Struct(">6i" + f"i{typecode}" * n)
+        fields: list[Any] = [8] * (2 * n)
+        fields[1::2] = items
+        return packer.pack(20 + 12 * n, 1, 0, oid, n, 1, *fields)
     raw = array(typecode, items)
     if _SWAP:
         raw.byteswap()
