@@ -304,8 +304,8 @@ servers. A ratio is Studbook / MLflow in the same repetition (the median of thos
 * **register**: MLflow `create_model_version` + `get_model_version`; Studbook
   `studbook.register_model` + `flush`, then GraphQL until the new version's number is readable.
 * **search**: MLflow `search_runs(max_results={page})` (params, latest metrics, tags); Studbook
-  GraphQL `searchRuns(first: {page})` with params, latest metrics and tags. The first call is
-  not counted.
+  GraphQL `searchRunTable(first: {page}) {{ rows }}` (each row with its params, latest metrics
+  and tags; what the web UI's runs table reads). The first call is not counted.
 * **lag**: from the SDK's last `flush` returning until the read models have the last event (the
   poll above: resolution about {w["poll_ms"]} ms plus one GraphQL call).
 * **storage**: `pg_total_relation_size` (heap, TOAST, indexes) after the sweep, divided by the
