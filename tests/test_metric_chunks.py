@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from studbook_server.adapters import postgres, readmodels
-from studbook_server.adapters.readmodels import CHUNK_POINTS, catch_up, cut_chunks
+from studbook_server.adapters.readmodels import CHUNK_POINTS, TAIL_POINTS, catch_up, cut_chunks
 from studbook_server.domain.contract import event_from_dict
 from studbook_server.graphql._ids import cursor
 from studbook_server.graphql._loaders import Loaders
@@ -24,18 +24,26 @@ Factory = Callable[[], Coroutine[Any, Any, str]]
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def test_cut_chunks_seals_at_multiples_and_keeps_one_tail_row_per_event() -> None:
+def test_cut_chunks_seals_at_multiples_and_cuts_the_tail_at_multiples_of_its_rows() -> None:
     steps = list(range(10))
     ats = [0] * 10
     positions = [1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
-    rows = cut_chunks(7, 0, steps, [float(s) for s in steps], ats, positions, size=4)
-    # (series, seq, n): chunks [0, 4) and [4, 8) sealed; the rest is event 3's tail.
+    rows = cut_chunks(7, 0, steps, [float(s) for s in steps], ats, positions, size=4, tail=2)
+    # (series, seq, n): chunks [0, 4) and [4, 8) sealed; the rest a tail row of 2.
     assert [(r[0], r[1], r[2]) for r in rows] == [(7, 0, 4), (7, 4, 4), (7, 8, 2)]
     assert rows[1][11] == [4.0, 5.0, 6.0, 7.0]
     assert rows[1][13] == [2, 2, 2, 3]
-    # From ordinal 5 (a tail of 1 point before): tail rows per event, none sealed.
-    rows = cut_chunks(7, 5, steps[:2], [0.0, 1.0], ats[:2], [9, 10], size=4)
-    assert [(r[1], r[2], r[8], r[9]) for r in rows] == [(5, 1, 9, 9), (6, 1, 10, 10)]
+    # From ordinal 5 (a tail row [4, 6) holds one point before): up to ordinal 6, then rows of
+    # two whatever the events (positions) they come from; nothing sealed off a multiple of 4.
+    rows = cut_chunks(7, 5, steps[:4], [0.0, 1.0, 2.0, 3.0], ats[:4], [9, 10, 10, 11], 4, 2)
+    assert [(r[1], r[2], r[8], r[9]) for r in rows] == [
+        (5, 1, 9, 9),
+        (6, 2, 10, 10),
+        (8, 1, 11, 11),
+    ]
+    # From a multiple of `size` with fewer than `size` points: tail rows only.
+    rows = cut_chunks(7, 8, steps[:3], [0.0, 1.0, 2.0], ats[:3], [4, 5, 6], 4, 2)
+    assert [(r[1], r[2], r[8], r[9]) for r in rows] == [(8, 2, 4, 5), (10, 1, 6, 6)]
 
 
 def test_short_arrays_pack_as_the_general_encoder_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,10 +134,15 @@ async def test_the_layout_is_the_same_for_any_batching_and_on_a_rebuild(
         # Sealed chunks hold exactly CHUNK_POINTS from a multiple of it; every series has some.
         sealed = [r for r in live if r[6] == CHUNK_POINTS and r[5] % CHUNK_POINTS == 0]
         assert {r[0] for r in sealed} == {1, 2, 3}
-        # A tail row is one event's points: one position.
+        # Tail rows hold the ordinals [k * TAIL_POINTS, (k + 1) * TAIL_POINTS), whatever the
+        # events they came in; only a series' last row is partial.
+        last = {sid: max(r[5] for r in live if r[0] == sid) for sid in {r[0] for r in live}}
         for r in live:
             if r not in sealed:
-                assert r[12] == r[13], r[:6]
+                assert r[5] % TAIL_POINTS == 0, r[:7]
+                assert 0 < r[6] <= TAIL_POINTS, r[:7]
+                assert r[6] == TAIL_POINTS or r[5] == last[r[0]], r[:7]
+        assert any(r[12] != r[13] for r in live if r not in sealed), "no tail row mixes events"
         await rebuild(url, batch=5000)
         assert await _layout(con) == live
     finally:

@@ -12,7 +12,6 @@ import logging
 import struct
 import sys
 from array import array
-from bisect import bisect_right
 from typing import Any
 
 import orjson
@@ -367,6 +366,11 @@ ON CONFLICT (position) WHERE position IS NOT NULL DO NOTHING
 # its index entries) is a fraction of a byte per point; small enough that sealing a tail reads
 # back little. bench/metric_storage.py measures the choice.
 CHUNK_POINTS = 1024
+# Points per tail row: the points past a series' last sealed chunk are kept in rows of the
+# ordinals [k*32, (k+1)*32), the last one partial (schema/sql/0013_metric_tail_rows.sql). A
+# batch rewrites at most that partial row per series, small enough to stay uncompressed; one
+# row per event instead cost a row, and its COPY, per point for the common one-point events.
+TAIL_POINTS = 32
 
 # Each series' id and how many points it has so far (its ordinals go on from there), and the
 # highest id, for the series this batch starts.
@@ -420,24 +424,21 @@ def cut_chunks(
     ats: list[int],
     positions: list[int],
     size: int = CHUNK_POINTS,
+    tail: int = TAIL_POINTS,
 ) -> list[tuple[Any, ...]]:
     """The chunk rows of a series' points from ordinal ``first`` on, when the points before
-    ``first`` are sealed or are tail rows of earlier events: full chunks at multiples of
-    ``size``, and the rest one tail row per event (store position)."""
+    ``first`` are in rows of their own: a sealed chunk for each ``size`` points from a multiple
+    of ``size``, and the rest in tail rows that end at multiples of ``tail`` (a divisor of
+    ``size``), the last one partial."""
     rows: list[tuple[Any, ...]] = []
     n = len(steps)
     i = 0
     ordinal = first
-    if first % size == 0:
-        while n - i >= size:
-            j = i + size
-            rows.append(
-                _chunk(series_id, ordinal, steps[i:j], values[i:j], ats[i:j], positions[i:j])
-            )
-            i, ordinal = j, ordinal + size
-    # The tail: one row per event, never across a multiple of `size` (whose points are sealed).
     while i < n:
-        j = bisect_right(positions, positions[i], i, n)
+        if ordinal % size == 0 and n - i >= size:
+            j = i + size
+        else:
+            j = i + min(n - i, tail - ordinal % tail)
         rows.append(_chunk(series_id, ordinal, steps[i:j], values[i:j], ats[i:j], positions[i:j]))
         ordinal += j - i
         i = j
@@ -505,8 +506,9 @@ async def write_metric_points(con: Connection, points: MetricPoints) -> None:
     """Append a batch's points to rm.metric_chunks (see schema/sql/0010_metric_chunks.sql).
 
     The layout depends only on each series' points in logged order: a series whose tail reaches
-    a full chunk in this batch has its tail rows read back, deleted and written sealed; every
-    other new point goes into a tail row of its event. Nothing compressed is ever rewritten.
+    a full chunk in this batch has its tail rows read back, deleted and written sealed; any other
+    series with a partial tail row has that row read back and written again with the new points
+    (at most ``TAIL_POINTS`` - 1 of them, uncompressed). Nothing compressed is ever rewritten.
     Runs before the rm.run_metrics upsert, whose `points` say where each series stands.
     """
     keys = list(points)
@@ -531,20 +533,21 @@ async def write_metric_points(con: Connection, points: MetricPoints) -> None:
             [ids[i] for i in new_ids], [p[i] for i in new_ids], [r[i] for i in new_ids],
             [k[i] for i in new_ids],
         )  # fmt: skip
-    size = CHUNK_POINTS
-    sealing: list[int] = []  # indexes of series whose tail this batch seals
+    size, tail = CHUNK_POINTS, TAIL_POINTS
+    taking: list[int] = []  # indexes of series whose tail rows this batch reads back
+    take_from: list[int] = []  # the ordinal from which they are taken
     for i, key in enumerate(keys):
         total = totals[i]
-        tail_start = total // size * size
-        if total > tail_start and total + len(points[key].steps) >= tail_start + size:
-            sealing.append(i)
+        chunk_start = total // size * size
+        if total > chunk_start and total + len(points[key].steps) >= chunk_start + size:
+            taking.append(i)  # sealed by this batch: every tail row
+            take_from.append(chunk_start)
+        elif total % tail:
+            taking.append(i)  # the partial tail row (rows from before it stay)
+            take_from.append(total // tail * tail)
     tails: dict[int, list[Any]] = {}
-    if sealing:
-        taken = await con.fetch(
-            _TAKE_TAILS,
-            [ids[i] for i in sealing],
-            [totals[i] // size * size for i in sealing],
-        )
+    if taking:
+        taken = await con.fetch(_TAKE_TAILS, [ids[i] for i in taking], take_from)
         for row in sorted(taken, key=lambda t: (t[0], t[1])):
             tails.setdefault(row[0], []).append(row)
     records: list[tuple[Any, ...]] = []
