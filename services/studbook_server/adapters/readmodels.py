@@ -459,9 +459,9 @@ _SWAP = sys.byteorder == "little"
 
 
 # Packing formats of short arrays (header and n elements of length 8), by (typecode, n): a tail
-# row often holds one event's one or few points, for which one struct call is about 4x faster
-# than the byte-interleaving below (measured at 1-32 elements).
-_SHORT_ARRAY = 32
+# row holds at most TAIL_POINTS points, for which one struct call is about 4x faster than the
+# byte-interleaving below (measured at 1-32 elements).
+_SHORT_ARRAY = TAIL_POINTS
 _SHORT_FORMATS: dict[tuple[str, int], struct.Struct] = {}
 
 
@@ -503,7 +503,8 @@ def _copy_data(rows: list[tuple[Any, ...]]) -> bytes:
 
 
 async def write_metric_points(con: Connection, points: MetricPoints) -> None:
-    """Append a batch's points to rm.metric_chunks (see schema/sql/0010_metric_chunks.sql).
+    """Append a batch's points to rm.metric_chunks (see schema/sql/0010_metric_chunks.sql and
+    0013_metric_tail_rows.sql).
 
     The layout depends only on each series' points in logged order: a series whose tail reaches
     a full chunk in this batch has its tail rows read back, deleted and written sealed; any other
